@@ -1,0 +1,150 @@
+"""Input checkpoints: resolve a MODEL argument, validate its files, load its denoiser.
+
+Accepted: a local diffusers model directory (config.json with a diffusers `_class_name`) or a
+pipeline directory (model_index.json with a `unet` or `transformer` component). Weights must be
+safetensors: pickled `.bin/.pt/.ckpt/.pth` weights are refused, because loading them can run
+arbitrary code. Every safetensors file is checked (header parses, data fits the file) before use.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+DENOISER_COMPONENTS = ("transformer", "unet")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A validated input: `root` is the directory given; `denoiser_dir` holds the denoiser."""
+
+    root: Path
+    is_pipeline: bool
+    denoiser_component: str | None  # "unet"/"transformer" for pipelines, None for a bare model
+
+    @property
+    def denoiser_dir(self) -> Path:
+        return self.root / self.denoiser_component if self.is_pipeline else self.root
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not readable JSON ({error})") from None
+
+
+def resolve(model: str | Path) -> Checkpoint:
+    """Validate MODEL (a diffusers model or pipeline directory, or builtin:NAME) and say what it is."""
+    if isinstance(model, str) and model.startswith("builtin:"):
+        from .zoo import builtin_path
+
+        model = builtin_path(model)
+    root = Path(model).expanduser()
+    if not root.exists():
+        raise InputError(f"{root}: no such file or directory")
+    if not root.is_dir():
+        raise InputError(f"{root}: expected a diffusers model or pipeline directory "
+                         "(config.json or model_index.json inside), got a file")
+    if (root / "model_index.json").is_file():
+        checkpoint = Checkpoint(root, True, _denoiser_component(root))
+        for component in _pipeline_components(root):
+            validate_weights(root / component, required=component == checkpoint.denoiser_component)
+    elif (root / "config.json").is_file():
+        checkpoint = Checkpoint(root, False, None)
+        _model_class(root)
+        validate_weights(root, required=True)
+    else:
+        raise InputError(f"{root}: not a diffusers model or pipeline directory "
+                         "(neither config.json nor model_index.json found)")
+    return checkpoint
+
+
+def _pipeline_components(root: Path) -> list[str]:
+    index = read_json(root / "model_index.json")
+    return [name for name, value in index.items()
+            if not name.startswith("_") and isinstance(value, list) and value[0] is not None and (root / name).is_dir()]
+
+
+def _denoiser_component(root: Path) -> str:
+    index = read_json(root / "model_index.json")
+    for name in DENOISER_COMPONENTS:
+        if isinstance(index.get(name), list) and index[name][0] is not None:
+            if not (root / name / "config.json").is_file():
+                raise InputError(f"{root / name}: the pipeline's {name} has no config.json")
+            return name
+    raise InputError(f"{root}: pipeline has no denoiser (no 'unet' or 'transformer' in model_index.json)")
+
+
+def _model_class(model_dir: Path):
+    import diffusers
+
+    config = read_json(model_dir / "config.json")
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
+        raise InputError(f"{model_dir / 'config.json'}: _class_name {name!r} is not a diffusers model class")
+    return cls
+
+
+def validate_weights(component_dir: Path, required: bool) -> list[Path]:
+    """Check a component's weight files; refuse pickled-only weights; return the safetensors files."""
+    files = sorted(component_dir.glob("*.safetensors"))
+    pickled = [p for p in component_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickled and not files:
+        raise InputError(f"{component_dir}: only pickled weights ({', '.join(p.name for p in pickled)}); "
+                         "diffpress reads safetensors only (pickle can run arbitrary code). Convert them "
+                         "with safetensors.torch.save_file or save_pretrained(..., safe_serialization=True)")
+    if required and not files:
+        raise InputError(f"{component_dir}: no .safetensors weights found")
+    for path in files:
+        check_safetensors(path)
+    return files
+
+
+def check_safetensors(path: Path) -> dict:
+    """Parse the header and check that every tensor's bytes lie inside the file; return the header."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            if header_len > size - 8:
+                raise ValueError("header length beyond end of file")
+            header = json.loads(handle.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: corrupt or truncated safetensors file ({error})") from None
+    data_size = size - 8 - header_len
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if end > data_size:
+        raise InputError(f"{path}: truncated safetensors file (tensors need {end} bytes, file has {data_size})")
+    return header
+
+
+def weights_dtype(model_dir: Path) -> torch.dtype | None:
+    """The floating dtype most tensors of the checkpoint are stored in (None if none are float)."""
+    counts: dict[torch.dtype, int] = {}
+    for path in model_dir.glob("*.safetensors"):
+        for key, info in check_safetensors(path).items():
+            if key != "__metadata__" and info["dtype"] in _SAFETENSORS_DTYPES:
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                counts[dtype] = counts.get(dtype, 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
+def load_denoiser(checkpoint: Checkpoint) -> torch.nn.Module:
+    """Load the denoiser in its stored dtype, with diffusers, from safetensors only, offline."""
+    model_dir = checkpoint.denoiser_dir
+    cls = _model_class(model_dir)
+    try:
+        model = cls.from_pretrained(model_dir, use_safetensors=True, torch_dtype=weights_dtype(model_dir),
+                                    local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise InputError(f"{model_dir}: diffusers could not load the model ({str(error).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Compression passes: reference quantization, quantized modules, module swapping."""

@@ -1,0 +1,109 @@
+"""Reference weight quantization in pure torch: scale choice, quantize, dequantize, fake-quantize.
+
+Scales are symmetric (no zero points). `absmax` maps each unit's largest magnitude onto the grid's
+largest code; `mse` searches clipping ratios per unit (channel or group) and keeps the ratio with
+the smallest squared reconstruction error, which pays off at 4 bits where one outlier otherwise
+stretches the grid for the whole group.
+"""
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from ..formats import Granularity, QuantFormat, check_granularity, decode, encode, spec_of
+from ..kernels.layout import PackedWeight, pack, scale_dtype_for
+from ..kernels.reference import dequantize_weight, expand_scales
+
+
+class ScaleMethod(str, enum.Enum):
+    ABSMAX = "absmax"
+    MSE = "mse"
+
+
+DEFAULT_CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(21))  # 1.0 down to 0.5
+
+
+def _as_units(weight: torch.Tensor, granularity: Granularity, group_size: int | None) -> torch.Tensor:
+    """(N, K) -> (units, elements per unit); a partial last group is zero-padded (0 is exact)."""
+    n, k = weight.shape
+    if granularity is Granularity.PER_TENSOR:
+        return weight.reshape(1, -1)
+    if granularity is Granularity.PER_CHANNEL:
+        return weight
+    padded = torch.nn.functional.pad(weight, (0, (-k) % group_size))
+    return padded.reshape(-1, group_size)
+
+
+def _roundtrip(units: torch.Tensor, scales: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    return decode(encode(units / scales, fmt), fmt) * scales
+
+
+def _store(scales: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """Round scales to their storage dtype, never to zero, so quantization uses the stored values."""
+    stored = scales.to(scale_dtype_for(granularity))
+    tiny = torch.finfo(stored.dtype).tiny
+    return stored.clamp_min(tiny)
+
+
+def choose_scales(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
+                  group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX,
+                  clip_ratios: tuple[float, ...] = DEFAULT_CLIP_RATIOS) -> torch.Tensor:
+    """Per-unit scales for an (N, K) weight, in storage dtype, shaped as the layout wants them."""
+    check_granularity(fmt, granularity, group_size)
+    units = _as_units(weight.float(), granularity, group_size)
+    absmax = units.abs().amax(dim=1, keepdim=True)
+    absmax = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    qmax = spec_of(fmt).qmax
+    if ScaleMethod(method) is ScaleMethod.ABSMAX:
+        best = _store(absmax / qmax, granularity).float()
+    else:
+        best = _search_clipping(units, absmax / qmax, fmt, granularity, clip_ratios)
+    return _reshape_scales(best, granularity, weight.shape).to(scale_dtype_for(granularity))
+
+
+def _search_clipping(units: torch.Tensor, base_scales: torch.Tensor, fmt: QuantFormat,
+                     granularity: Granularity, clip_ratios: tuple[float, ...]) -> torch.Tensor:
+    best_scales = _store(base_scales, granularity).float()
+    best_error = (_roundtrip(units, best_scales, fmt) - units).square().sum(dim=1, keepdim=True)
+    for ratio in clip_ratios:
+        scales = _store(base_scales * ratio, granularity).float()
+        error = (_roundtrip(units, scales, fmt) - units).square().sum(dim=1, keepdim=True)
+        better = error < best_error
+        best_scales = torch.where(better, scales, best_scales)
+        best_error = torch.where(better, error, best_error)
+    return best_scales
+
+
+def _reshape_scales(scales: torch.Tensor, granularity: Granularity, shape: torch.Size) -> torch.Tensor:
+    if granularity is Granularity.PER_TENSOR:
+        return scales.reshape(1)
+    if granularity is Granularity.PER_CHANNEL:
+        return scales.reshape(shape[0])
+    return scales.reshape(shape[0], -1)
+
+
+def quantize_weight(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
+                    group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX,
+                    scales: torch.Tensor | None = None) -> PackedWeight:
+    """Quantize an (N, K) float weight into a PackedWeight (scales chosen unless given)."""
+    if weight.dim() != 2:
+        raise ValueError(f"quantize_weight expects an (N, K) weight, got shape {tuple(weight.shape)}")
+    fmt, granularity = QuantFormat(fmt), Granularity(granularity)
+    if scales is None:
+        scales = choose_scales(weight, fmt, granularity, group_size, method)
+    full_scales = expand_scales(scales, granularity, group_size, tuple(weight.shape))
+    codes = encode(weight.float() / full_scales, fmt)
+    return PackedWeight(pack(codes, fmt), scales, fmt, granularity, group_size, tuple(weight.shape))
+
+
+def dequantize(packed: PackedWeight) -> torch.Tensor:
+    """PackedWeight -> float32 (N, K) weight (the kernels' reference dequantization)."""
+    return dequantize_weight(packed)
+
+
+def fake_quantize(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
+                  group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX) -> torch.Tensor:
+    """Quantize then dequantize; same shape and dtype as `weight`."""
+    packed = quantize_weight(weight, fmt, granularity, group_size, method)
+    return dequantize_weight(packed).to(weight.dtype)

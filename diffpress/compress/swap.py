@@ -1,0 +1,83 @@
+"""`quantize_`: swap a model's Linear/Conv2d layers for quantized ones in place.
+
+The default skip list keeps the layers that every diffusion quantization study keeps in high
+precision (they are small and errors there hit every token/pixel): time/text/class embedders, the
+input/patch embedding, and the final output projection. Norm layers are never Linear/Conv2d and
+stay as they are. Patterns are regexes on the module's fully qualified name (fqn).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..recipe import QuantSpec
+from .modules import QuantConv2d, QuantLinear
+
+DEFAULT_SKIP: tuple[tuple[str, str], ...] = (
+    (r"(^|\.)(time_embedding|time_embed|time_proj|timestep_embedder|time_text_embed|text_embedder|"
+     r"guidance_embedder|class_embedding|class_embedder|label_emb|add_embedding|add_time_proj|"
+     r"adaln_single|caption_projection|context_embedder|encoder_hid_proj)(\.|$)", "time/text/class embedder"),
+    (r"^(conv_in|x_embedder|pos_embed|patch_embed|img_in|txt_in)(\.|$)", "input/patch embedding"),
+    (r"^(conv_out|proj_out|proj_out_\d+|norm_out|final_layer)(\.|$)", "final output projection"),
+)
+
+
+@dataclass
+class QuantizationReport:
+    """Which layers were quantized and which were skipped (fqn -> reason)."""
+
+    quantized: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def quantizable_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    """(fqn, module) of every float nn.Linear / nn.Conv2d, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, (QuantLinear, QuantConv2d)):
+            yield name, module
+
+
+def skip_reason(fqn: str, skip: Iterable[tuple[str, str] | str]) -> str | None:
+    """The reason of the first skip pattern matching `fqn`, or None."""
+    for entry in skip:
+        pattern, reason = (entry, "user skip pattern") if isinstance(entry, str) else entry
+        if re.search(pattern, fqn):
+            return reason
+    return None
+
+
+def quantize_(model: nn.Module, spec: QuantSpec | Callable[[str], QuantSpec | None],
+              skip: Iterable[tuple[str, str] | str] | None = None, progress: bool = False) -> QuantizationReport:
+    """Quantize `model` in place; `spec` is one QuantSpec or a function fqn -> QuantSpec | None.
+
+    `skip` defaults to DEFAULT_SKIP; pass extra regex strings (or (regex, reason) pairs) to
+    skip more, or an empty tuple to skip nothing. Returns what was quantized and what was skipped.
+    """
+    skip = DEFAULT_SKIP if skip is None else tuple(skip)
+    plan_for = spec if callable(spec) else (lambda _fqn: spec)
+    report = QuantizationReport()
+    layers = list(quantizable_layers(model))
+    for fqn, module in tqdm(layers, desc="quantize", unit="layer", disable=not progress):
+        reason = skip_reason(fqn, skip)
+        layer_spec = None if reason else plan_for(fqn)
+        if layer_spec is None:
+            report.skipped[fqn] = reason or "no plan for this layer"
+            continue
+        set_submodule(model, fqn, quantized_module(module, layer_spec))
+        report.quantized.append(fqn)
+    return report
+
+
+def quantized_module(module: nn.Module, spec: QuantSpec) -> nn.Module:
+    cls = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
+    return cls.from_float(module, spec)
+
+
+def set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,304 @@
+"""Save and load compressed models.
+
+On disk a compressed model is a diffusers-format directory: `config.json` (the model's diffusers
+config plus `quantization_config`) and `diffusion_pytorch_model.safetensors` (packed weights,
+scales and the untouched float tensors). A compressed pipeline is a pipeline directory whose other
+components are byte-for-byte copies of the input's. `diffpress_manifest.json` at the root records
+the sha256 of every file; `load` verifies it before reading any tensor.
+
+Writes are atomic: everything goes into a hidden temporary sibling directory, files are fsynced,
+and one rename publishes it; on any error or interrupt the temporary directory is removed and an
+existing output is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .checkpoint import Checkpoint, check_safetensors, read_json
+from .compress.modules import QuantConv2d, QuantLinear
+from .compress.swap import set_submodule
+from .errors import InputError, IntegrityError, OutputExistsError
+from .recipe import QuantSpec
+
+FORMAT_VERSION = 1
+QUANT_METHOD = "diffpress"
+MANIFEST_NAME = "diffpress_manifest.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
+_PACKED_DTYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
+
+
+# ---------------------------------------------------------------- atomic output directories
+
+def check_output(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Fail early (before any work) if `out` exists without overwrite or would touch an input."""
+    out = out.expanduser().resolve()
+    for source in inputs:
+        source = source.expanduser().resolve()
+        if out == source or source in out.parents or out in source.parents:
+            raise InputError(f"--out {out} overlaps the input {source}; the input is never modified")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `out` only if the block finishes."""
+    out = out.expanduser().resolve()
+    check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_tree(staging)
+        _publish(staging, out, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{out} appeared while writing; pass --overwrite to replace it")
+        retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, retired)
+        os.rename(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+# ---------------------------------------------------------------- manifest
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(root: Path, denoiser_component: str | None) -> None:
+    files = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    manifest = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer_version": __version__,
+                "denoiser_component": denoiser_component, "sha256": files}
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def verify_manifest(root: Path) -> dict:
+    """Check every file listed in the manifest against its sha256; return the manifest."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise IntegrityError(f"{root}: no {MANIFEST_NAME}; not a diffpress-compressed model")
+    manifest = read_json(path)
+    for name, expected in manifest.get("sha256", {}).items():
+        file = root / name
+        if not file.is_file():
+            raise IntegrityError(f"{file}: listed in {MANIFEST_NAME} but missing")
+        if _sha256(file) != expected:
+            raise IntegrityError(f"{file}: sha256 does not match {MANIFEST_NAME} (file changed or corrupted)")
+    return manifest
+
+
+# ---------------------------------------------------------------- save
+
+def layer_plan(model: nn.Module) -> dict[str, dict]:
+    """fqn -> {"module": linear|conv2d, **QuantSpec} for every quantized layer."""
+    plan = {}
+    for fqn, module in model.named_modules():
+        if isinstance(module, (QuantLinear, QuantConv2d)):
+            kind = "linear" if isinstance(module, QuantLinear) else "conv2d"
+            plan[fqn] = {"module": kind, "layout": module.packed.layout.value, **module.spec.to_dict()}
+    return plan
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype most parameters have (what non-persistent buffers are cast to at load)."""
+    counts: dict[torch.dtype, int] = {}
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            counts[parameter.dtype] = counts.get(parameter.dtype, 0) + parameter.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def quantization_config(model: nn.Module, extra: dict | None = None) -> dict:
+    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer": "diffpress",
+            "producer_version": __version__, "torch_dtype": str(model_dtype(model)).removeprefix("torch."),
+            **(extra or {}), "layers": layer_plan(model)}
+
+
+def write_model(model: nn.Module, directory: Path, extra: dict | None = None) -> None:
+    """Write a compressed denoiser's config.json and safetensors weights into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_config(directory)
+    config = read_json(directory / CONFIG_NAME)
+    config["quantization_config"] = quantization_config(model, extra)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(_unshared_state_dict(model), directory / WEIGHTS_NAME, metadata={"format": "pt"})
+
+
+def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, cloning any that share storage (safetensors refuses shared tensors)."""
+    seen, tensors = set(), {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
+        tensors[name] = tensor.detach().clone().contiguous() if key in seen else tensor.detach().contiguous()
+        seen.add(key)
+    return tensors
+
+
+def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, overwrite: bool = False,
+         extra: dict | None = None) -> Path:
+    """Save a quantized denoiser to `out`, atomically.
+
+    With `source` a pipeline checkpoint, `out` becomes a pipeline directory: every other component
+    is copied from the source byte for byte and the denoiser is replaced by the compressed one.
+    """
+    out = Path(out).expanduser().resolve()
+    if not layer_plan(model):
+        raise InputError("the model has no quantized layers; run diffpress.quantize_ first")
+    inputs = (source.root,) if source else ()
+    check_output(out, overwrite, inputs)
+    with atomic_directory(out, overwrite) as staging:
+        component = source.denoiser_component if source and source.is_pipeline else None
+        if component:
+            _copy_pipeline_except(source.root, staging, component)
+        write_model(model, staging / component if component else staging, extra)
+        _write_manifest(staging, component)
+    return out
+
+
+def _copy_pipeline_except(source: Path, target: Path, component: str) -> None:
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if relative.parts[0] == component or path.is_dir() or relative.name == MANIFEST_NAME:
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target / relative)
+
+
+# ---------------------------------------------------------------- load
+
+def load(path: str | Path, **pipeline_kwargs):
+    """Load a compressed model directory (returns the model) or pipeline directory (returns the pipeline).
+
+    Checksums are verified first; the model is built on the meta device and the stored tensors are
+    assigned, so forward outputs are bit-identical to the model that was saved.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: no such directory")
+    manifest = verify_manifest(root)
+    component = manifest.get("denoiser_component")
+    if not component:
+        return load_model(root)
+    model = load_model(root / component)
+    try:
+        return _pipeline_class(root).from_pretrained(root, **{component: model}, use_safetensors=True,
+                                                 local_files_only=True, **pipeline_kwargs)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None
+
+
+def _pipeline_class(root: Path) -> type:
+    from diffusers import DiffusionPipeline
+
+    from .zoo import pipeline_classes
+
+    name = read_json(root / "model_index.json").get("_class_name")
+    return pipeline_classes().get(name, DiffusionPipeline)
+
+
+def load_model(directory: Path) -> nn.Module:
+    """Rebuild one compressed denoiser from `directory` (config.json + safetensors)."""
+    import diffusers
+
+    config = read_json(directory / CONFIG_NAME)
+    qconfig = config.pop("quantization_config", None)
+    if not qconfig or qconfig.get("quant_method") != QUANT_METHOD:
+        raise InputError(f"{directory}: config.json has no diffpress quantization_config")
+    if qconfig.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{directory}: format version {qconfig['format_version']} is newer than this "
+                         f"diffpress understands ({FORMAT_VERSION}); upgrade diffpress")
+    cls = getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None:
+        raise InputError(f"{directory}: unknown diffusers class {config.get('_class_name')!r}")
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    _install_shells(model, qconfig["layers"], directory)
+    check_safetensors(directory / WEIGHTS_NAME)
+    _assign_state_dict(model, load_file(directory / WEIGHTS_NAME), directory)
+    _materialize_leftover_buffers(model, cls, config)
+    _cast_non_persistent_buffers(model, getattr(torch, qconfig.get("torch_dtype", "float32")))
+    return model.eval()
+
+
+def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path) -> None:
+    for fqn, entry in layers.items():
+        entry = dict(entry)
+        kind = entry.pop("module")
+        entry.pop("layout", None)
+        try:
+            float_module = model.get_submodule(fqn)
+        except AttributeError:
+            raise IntegrityError(f"{directory}: quantization_config names layer {fqn!r}, which the model lacks") from None
+        shell_cls = QuantLinear if kind == "linear" else QuantConv2d
+        set_submodule(model, fqn, shell_cls.empty_like(float_module, QuantSpec.from_dict(entry)))
+
+
+def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise IntegrityError(f"{directory}: weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    for name, tensor in state.items():
+        want = expected[name]
+        packed_dtype_differs = want.dtype in _PACKED_DTYPES and tensor.dtype != want.dtype
+        if tuple(tensor.shape) != tuple(want.shape) or packed_dtype_differs:
+            raise IntegrityError(f"{directory}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                                 f"the model expects {tuple(want.shape)} {want.dtype}")
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def _cast_non_persistent_buffers(model: nn.Module, dtype: torch.dtype) -> None:
+    """Buffers the file does not hold are rebuilt in float32; give them the saved model's dtype."""
+    for module in model.modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = getattr(module, name)
+            if buffer is not None and buffer.is_floating_point():
+                setattr(module, name, buffer.to(dtype))
+
+
+def _materialize_leftover_buffers(model: nn.Module, cls, config: dict) -> None:
+    """Non-persistent buffers built with torch factories stay on meta; take them from a CPU build."""
+    leftover = [name for name, buffer in model.named_buffers() if buffer.is_meta]
+    if not leftover:
+        return
+    reference = cls.from_config(config)
+    buffers = dict(reference.named_buffers())
+    for name in leftover:
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        setattr(module, attr, buffers[name])
