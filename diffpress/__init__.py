@@ -12,6 +12,8 @@ _EXPORTS = {
     "load": "diffpress.io",
     "save": "diffpress.io",
     "compress": "diffpress.api",
+    "calibrate": "diffpress.calibration",
+    "CalibrationSet": "diffpress.calibration",
     "quantize_": "diffpress.compress.swap",
     "QuantSpec": "diffpress.recipe",
     "PRESETS": "diffpress.recipe",
@@ -23,7 +25,12 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
+_SUBPACKAGES = ("calibration", "compress", "kernels", "zoo")
+
+
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"diffpress.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'diffpress' has no attribute {name!r}")

@@ -56,3 +56,81 @@ def _refuse_compressed(source: checkpoints.Checkpoint) -> None:
     if "quantization_config" in config:
         raise InputError(f"{source.denoiser_dir}: already compressed; load it with diffpress.load, "
                          "or compress the original checkpoint")
+
+
+def list_builtins() -> list[tuple[str, str]]:
+    """(name as accepted by MODEL, one-line summary) of every built-in model."""
+    from .zoo import BUILTIN_PREFIX, BUILTINS
+
+    return [(BUILTIN_PREFIX + model.name, model.summary) for model in BUILTINS.values()]
+
+
+def evaluate(model: str | Path, compressed: str | Path | None = None, num_samples: int = 100, steps: int = 25,
+             seed: int = 0, guidance_scale: float = 1.0, progress: bool = False):
+    """Reference vs compressed on identical seeds: see diffpress.evaluate.evaluate."""
+    from .evaluate import EvalSettings, evaluate as run_eval
+
+    settings = EvalSettings(num_samples=num_samples, steps=steps, seed=seed, guidance_scale=guidance_scale)
+    return run_eval(model, compressed, settings, progress=progress)
+
+
+def grid_path_for(compressed: str | Path) -> Path:
+    """Where the side-by-side grid goes: beside the compressed directory, never inside it."""
+    compressed = Path(compressed).expanduser().resolve()
+    return compressed.parent / f"{compressed.name}-grid.png"
+
+
+def save_grid(result, path: str | Path) -> Path:
+    from .evaluate import save_grid as write_grid
+
+    return write_grid(result.reference_images, result.compressed_images, Path(path))
+
+
+def load_pipeline(model: str | Path):
+    """An uncompressed pipeline from a pipeline directory or builtin:NAME (for calibration)."""
+    from diffusers import DiffusionPipeline
+
+    from .zoo import pipeline_classes
+
+    source = checkpoints.resolve(model)
+    if not source.is_pipeline:
+        raise InputError(f"{source.root}: calibration drives a pipeline; pass a pipeline directory "
+                         "(model_index.json) or builtin:NAME, or use diffpress.calibrate(denoiser, forward_loop=...)")
+    name = checkpoints.read_json(source.root / "model_index.json").get("_class_name")
+    cls = pipeline_classes().get(name, DiffusionPipeline)
+    try:
+        return cls.from_pretrained(source.root, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{source.root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None
+
+
+def calibrate_to_file(model: str | Path, out: str | Path, prompts: list[str] | None, labels: list[int] | None,
+                      num_samples: int | None, steps: int, buckets: int, strategy: str, seed: int,
+                      reservoir_size: int, progress: bool = True):
+    """Load MODEL, calibrate it on prompts or labels, save the CalibrationSet to `out`."""
+    from .calibration import calibrate
+
+    items = prompts if prompts is not None else labels
+    if items is None:
+        items = list(range(10)) if _takes_labels(model) else None
+    if not items:
+        raise InputError("give --prompts FILE or --labels for this model (nothing to calibrate on)")
+    started = time.perf_counter()
+    calibration = calibrate(load_pipeline(model), items, num_inference_steps=steps, num_samples=num_samples,
+                            seed=seed, buckets=buckets, strategy=strategy, reservoir_size=reservoir_size,
+                            progress=progress)
+    return calibration, calibration.save(out), time.perf_counter() - started
+
+
+def _takes_labels(model) -> bool:
+    return isinstance(model, str) and model.startswith("builtin:")
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such prompts file")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise InputError(f"{path}: the prompts file is empty (one prompt per line)")
+    return prompts

@@ -144,7 +144,7 @@ def load_denoiser(checkpoint: Checkpoint) -> torch.nn.Module:
     cls = _model_class(model_dir)
     try:
         model = cls.from_pretrained(model_dir, use_safetensors=True, torch_dtype=weights_dtype(model_dir),
-                                    local_files_only=True)
+                                    local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise InputError(f"{model_dir}: diffusers could not load the model ({str(error).splitlines()[0]})") from None
     return model.eval()

@@ -215,7 +215,8 @@ def load(path: str | Path, **pipeline_kwargs):
     model = load_model(root / component)
     try:
         return _pipeline_class(root).from_pretrained(root, **{component: model}, use_safetensors=True,
-                                                 local_files_only=True, **pipeline_kwargs)
+                                                       local_files_only=True, low_cpu_mem_usage=False,
+                                                       **pipeline_kwargs)
     except (OSError, ValueError) as error:
         raise InputError(f"{root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None
 

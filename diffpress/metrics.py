@@ -14,3 +14,41 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     if noise == 0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def psnr_db(reference: torch.Tensor, approximation: torch.Tensor, data_range: float = 1.0) -> float:
+    """PSNR (dB) of images in [0, data_range], over the whole batch (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    value = peak_signal_noise_ratio(approximation.float(), reference.float(), data_range=data_range)
+    return float(value)
+
+
+def ssim(reference: torch.Tensor, approximation: torch.Tensor, data_range: float = 1.0) -> float:
+    """Mean SSIM (11x11 Gaussian window, sigma 1.5) of (B, C, H, W) images (torchmetrics)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return float(structural_similarity_index_measure(approximation.float(), reference.float(), data_range=data_range))
+
+
+def frechet_distance(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor, cov_b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians: |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
+
+    tr((C_a C_b)^(1/2)) is computed as the sum of square roots of the eigenvalues of
+    C_a^(1/2) C_b C_a^(1/2), which is symmetric PSD, so no complex matrix square root is needed.
+    """
+    mean_a, cov_a, mean_b, cov_b = (t.double() for t in (mean_a, cov_a, mean_b, cov_b))
+    root_a = _psd_sqrt(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance (rows are samples) in float64."""
+    features = features.double()
+    return features.mean(0), torch.cov(features.T)

@@ -18,7 +18,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 from safetensors.torch import save_file
 from torch import nn
 
-from diffpress.zoo.digits import (NULL_CLASS, DigitsClassifier, DigitsPipeline, scheduler_config, unet_config)
+from diffpress.zoo.digits import (CLASSIFIER_FILE, NULL_CLASS, REFERENCE_FEATURES_FILE, DigitsClassifier, DigitsPipeline, scheduler_config, unet_config)
 
 HELD_OUT_PER_CLASS = 30
 
@@ -134,8 +134,8 @@ def main() -> None:
     unet = train_unet(images[train_index], labels[train_index], args.steps, args.batch_size, generator)
     pipe = DigitsPipeline(unet=unet, scheduler=DDIMScheduler(**scheduler_config()))
     pipe.save_pretrained(args.out, safe_serialization=True)
-    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, args.out / "classifier.safetensors")
-    save_file(feature_statistics(classifier, images[held_index]), args.out / "reference_features.safetensors")
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, args.out / CLASSIFIER_FILE)
+    save_file(feature_statistics(classifier, images[held_index]), args.out / REFERENCE_FEATURES_FILE)
     accuracy = {g: sample_accuracy(pipe, classifier, g) for g in (1.0, 2.0)}
     info = {"train_seconds": round(time.time() - started, 1), "steps": args.steps, "batch_size": args.batch_size,
             "seed": args.seed, "held_out_images": len(held_index),

@@ -1,4 +1,5 @@
 """The command line as a user runs it: a subprocess, exit codes, one-line errors."""
+import shutil
 import subprocess
 import sys
 
@@ -36,16 +37,53 @@ def test_compress_prints_summary(unet_dir, tmp_path):
     assert again.stderr.strip().count("\n") == 0 and "--overwrite" in again.stderr
 
 
+def _pickle_only(tmp, unet_dir):
+    target = tmp / "pickled"
+    shutil.copytree(unet_dir, target)
+    (target / "diffusion_pytorch_model.safetensors").rename(target / "diffusion_pytorch_model.bin")
+    return target
+
+
+def _truncated(tmp, unet_dir):
+    target = tmp / "truncated"
+    shutil.copytree(unet_dir, target)
+    weights = target / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    return target
+
+
+def _digest(path):
+    return {p.name: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else None
+
+
 @pytest.mark.parametrize("make_input,message", [
-    (lambda tmp: tmp / "missing", "no such file or directory"),
-    (lambda tmp: tmp, "not a diffusers model or pipeline directory"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, make_input, message):
-    result = diffpress("compress", make_input(tmp_path), "--preset", "w8a16-int8", "--out", tmp_path / "out")
+    (lambda tmp, unet: tmp / "missing", "no such file or directory"),
+    (lambda tmp, unet: tmp, "not a diffusers model or pipeline directory"),
+    (_pickle_only, "only pickled weights"),
+    (_truncated, "truncated safetensors file"),
+], ids=["missing", "not-diffusers", "pickle-only", "truncated"])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, unet_dir, make_input, message):
+    source = make_input(tmp_path, unet_dir)
+    before = _digest(source)
+    result = diffpress("compress", source, "--preset", "w8a16-int8", "--out", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.startswith("diffpress: error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert _digest(source) == before
+
+
+def test_checksum_mismatch_at_load_is_one_line(unet_dir, tmp_path):
+    out = tmp_path / "digits"
+    assert diffpress("compress", "builtin:digits", "--preset", "w8a16-int8", "--out", out, "--quiet").returncode == 0
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    result = diffpress("eval", "builtin:digits", "--compressed", out, "--num-samples", "2", "--steps", "2")
+    assert result.returncode == 2 and "sha256 does not match" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_preset_is_a_usage_error(unet_dir, tmp_path):

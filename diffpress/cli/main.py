@@ -32,15 +32,19 @@ def _compress_parser(subparsers) -> None:
             {presets}
 
             examples:
+              diffpress compress builtin:digits --preset w4a16-int4 --out out/digits-int4 --eval
               diffpress compress ./my-sd15-pipeline --preset w8a16-int8 --out ./sd15-int8
               diffpress compress ./transformer --preset w4a16-int4 --out ./transformer-int4 --overwrite
             """).format(presets=presets))
-    parser.add_argument("model", metavar="MODEL", help="local diffusers model or pipeline directory")
+    parser.add_argument("model", metavar="MODEL", help="local diffusers model or pipeline directory, or builtin:NAME")
     parser.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME",
                         help="quantization preset (see below)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
+    parser.add_argument("--eval", action="store_true",
+                        help="after saving, run 'diffpress eval' on the result with default settings "
+                             "(models that ship an evaluation classifier, such as builtin:digits)")
     parser.set_defaults(handler=_run_compress)
 
 
@@ -56,6 +60,142 @@ def _run_compress(args) -> int:
     print(f"weights: {_format_bytes(result.bytes_before)} -> {_format_bytes(result.bytes_after)} "
           f"({ratio:.2f}x smaller)")
     print(f"saved {result.out} in {result.seconds:.1f} s")
+    if args.eval:
+        from ..api import evaluate
+
+        _print_eval(evaluate(args.model, result.out, progress=not args.quiet), _grid_arg(result.out, None))
+    return 0
+
+
+def _eval_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="measure what compression costs in picture quality",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sample MODEL and (optionally) a compressed copy with identical labels, seeds and "
+                    "noise; report PSNR/SSIM of compressed vs reference images, classifier accuracy and "
+                    "Frechet distance in the classifier's feature space (vs held-out real data) for both, "
+                    "weight bytes and seconds.",
+        epilog=dedent("""\
+            examples:
+              diffpress eval builtin:digits
+              diffpress eval builtin:digits --compressed out/digits-w4a16-int4 --num-samples 500 --json
+            """))
+    parser.add_argument("model", metavar="MODEL", help="reference model (e.g. builtin:digits)")
+    parser.add_argument("--compressed", metavar="DIR", help="compressed pipeline directory to compare")
+    parser.add_argument("--num-samples", type=int, default=100, metavar="N", help="samples per model (default 100)")
+    parser.add_argument("--steps", type=int, default=25, metavar="S", help="DDIM steps (default 25)")
+    parser.add_argument("--seed", type=int, default=0, metavar="K", help="noise seed (default 0)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, metavar="G",
+                        help="classifier-free guidance scale (default 1.0: none)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--grid", metavar="PNG", help="side-by-side image grid path "
+                                                      "(default: DIR-grid.png beside --compressed DIR)")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _calibrate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate", help="record timestep-aware activation statistics of a pipeline's denoiser",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the pipeline on prompts or class labels with seeded generators; record each "
+                    "Linear/Conv2d input's statistics per timestep bucket and a bounded reservoir of "
+                    "denoiser inputs; save them as FILE (safetensors) plus reservoir shards beside it.",
+        epilog=dedent("""\
+            strategies (which denoiser calls the reservoir keeps):
+              uniform  every step equally likely (Q-Diffusion)
+              ndtc     timesteps drawn around a normal distribution (PTQ4DM)
+              eda      density- and diversity-selected inputs in feature space (EDA-DM)
+
+            examples:
+              diffpress calibrate builtin:digits --out calib/digits.safetensors --num-samples 64
+              diffpress calibrate ./sd15 --prompts prompts.txt --steps 20 --strategy ndtc --out calib/sd15.safetensors
+            """))
+    parser.add_argument("model", metavar="MODEL", help="pipeline directory or builtin:NAME")
+    parser.add_argument("--out", required=True, metavar="FILE", help="calibration file to write (.safetensors)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompts", metavar="FILE", help="text file, one prompt per line")
+    source.add_argument("--labels", type=int, nargs="+", metavar="L", help="class labels (class-conditional models)")
+    parser.add_argument("--num-samples", type=int, metavar="N", help="samples to generate (default: one per prompt/label)")
+    parser.add_argument("--steps", type=int, default=25, metavar="S", help="inference steps (default 25)")
+    parser.add_argument("--buckets", type=int, default=8, metavar="B", help="timestep buckets (default 8)")
+    parser.add_argument("--strategy", choices=["uniform", "ndtc", "eda"], default="uniform")
+    parser.add_argument("--reservoir-size", type=int, default=8, metavar="R",
+                        help="denoiser calls kept per bucket (default 8)")
+    parser.add_argument("--seed", type=int, default=0, metavar="K")
+    parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from pathlib import Path
+
+    from ..api import calibrate_to_file, read_prompts
+    from ..errors import OutputExistsError
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise OutputExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    calibration, path, seconds = calibrate_to_file(
+        args.model, args.out, prompts, args.labels, args.num_samples, args.steps, args.buckets, args.strategy,
+        args.seed, args.reservoir_size)
+    kept = sum(len(entries) for entries in calibration.reservoir.values())
+    print(f"calibrated {len(calibration.layers)} layers over {len(calibration.timesteps)} denoiser calls "
+          f"in {len(calibration.reservoir) or calibration.buckets.num_buckets} timestep buckets; "
+          f"reservoir keeps {kept} calls ({args.strategy})")
+    print(f"saved {path} in {seconds:.1f} s")
+    return 0
+
+
+def _grid_arg(compressed, grid):
+    from ..api import grid_path_for
+
+    if compressed is None:
+        return None
+    return grid or grid_path_for(compressed)
+
+
+def _run_eval(args) -> int:
+    from ..api import evaluate
+
+    result = evaluate(args.model, args.compressed, num_samples=args.num_samples, steps=args.steps,
+                      seed=args.seed, guidance_scale=args.guidance_scale, progress=False)
+    grid = _grid_arg(args.compressed, args.grid)
+    if args.json:
+        import json
+
+        if grid:
+            _write_grid(result, grid)
+        print(json.dumps(result.to_dict()))
+    else:
+        _print_eval(result, grid)
+    return 0
+
+
+def _write_grid(result, grid):
+    from ..api import save_grid
+
+    return save_grid(result, grid)
+
+
+def _print_eval(result, grid) -> None:
+    reference, compressed = result.reference, result.compressed
+    cell = lambda side, key, fmt: "-" if side is None or getattr(side, key) is None else fmt(getattr(side, key))
+    rows = [("PSNR vs reference", "psnr_db", lambda v: f"{v:.2f} dB"), ("SSIM vs reference", "ssim", lambda v: f"{v:.4f}"),
+            ("classifier accuracy", "classifier_accuracy", lambda v: f"{100 * v:.1f}%"),
+            ("Frechet distance", "frechet_distance", lambda v: f"{v:.3f}"),
+            ("weight bytes", "size_bytes", _format_bytes), ("sampling seconds", "seconds", lambda v: f"{v:.1f}")]
+    print(f"{'':<22}{'reference':>14}{'compressed':>14}")
+    for label, key, fmt in rows:
+        print(f"{label:<22}{cell(reference, key, fmt):>14}{cell(compressed, key, fmt):>14}")
+    if grid and compressed is not None:
+        print(f"grid (top: reference, bottom: compressed): {_write_grid(result, grid)}")
+
+
+def _run_models(args) -> int:
+    from ..api import list_builtins
+
+    for name, summary in list_builtins():
+        print(f"{name:<18} {summary}")
     return 0
 
 
@@ -67,12 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffpress {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _compress_parser(subparsers)
+    _eval_parser(subparsers)
+    _calibrate_parser(subparsers)
+    models = subparsers.add_parser("models", help="list the built-in models")
+    models.set_defaults(handler=_run_models)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """diffusers' info logs and component-loading bars are noise in this CLI's output."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     from ..errors import DiffpressError
 
     try:

@@ -14,6 +14,8 @@ from torch import nn
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES
+CLASSIFIER_FILE = "classifier.safetensors"
+REFERENCE_FEATURES_FILE = "reference_features.safetensors"
 
 
 def unet_config() -> dict:
@@ -44,6 +46,18 @@ class DigitsClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+def load_eval_kit(directory) -> tuple[DigitsClassifier, dict[str, torch.Tensor]]:
+    """The classifier and the held-out feature statistics shipped beside a digits pipeline."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    classifier = DigitsClassifier()
+    classifier.load_state_dict(load_file(directory / CLASSIFIER_FILE))
+    return classifier.eval(), load_file(directory / REFERENCE_FEATURES_FILE)
 
 
 class DigitsPipeline(DiffusionPipeline):

@@ -1,0 +1,122 @@
+"""Hook a denoiser, read each call's timestep by value, and record per-layer input statistics.
+
+A forward pre-hook on the denoiser binds the call's arguments to its forward signature and reads
+`timestep` (SD passes it positionally, PixArt and SD3 by keyword, FLUX as timestep / 1000; with
+classifier-free guidance the batch is doubled or the denoiser is called twice: either way every
+call is read). Forward pre-hooks on every nn.Linear and nn.Conv2d inside the denoiser add the
+input's statistics to the current (layer, bucket). All hooks are removed on exit, also when the
+run raises.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import DiffpressError
+from .buckets import TimestepBuckets
+from .calibration_set import CalibrationSet
+from .reservoir import Reservoir
+from .stats import ActStats
+from .strategies import Strategy
+
+DENOISER_ATTRIBUTES = ("transformer", "unet")
+
+
+class CalibrationError(DiffpressError):
+    """Calibration data is unusable: non-finite activations, no denoiser, nothing recorded."""
+
+
+def find_denoiser(pipe_or_denoiser) -> nn.Module:
+    """The pipeline's `transformer` or `unet`, or the module itself."""
+    if isinstance(pipe_or_denoiser, nn.Module):
+        return pipe_or_denoiser
+    for name in DENOISER_ATTRIBUTES:
+        module = getattr(pipe_or_denoiser, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise CalibrationError(f"{type(pipe_or_denoiser).__name__} has no denoiser: expected an nn.Module or a "
+                           f"pipeline with a 'transformer' or 'unet' component")
+
+
+def default_timestep_range(denoiser: nn.Module, pipe=None) -> float:
+    """FLUX-family transformers receive timestep / 1000, everything else the scheduler's timestep."""
+    if type(denoiser).__name__.startswith("Flux"):
+        return 1.0
+    scheduler = getattr(pipe, "scheduler", None)
+    return float(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
+
+
+class Collector:
+    """Context manager: `with Collector(denoiser, ...) as calib: run(); calib.result` is a CalibrationSet."""
+
+    def __init__(self, denoiser: nn.Module, buckets: TimestepBuckets, strategy: Strategy,
+                 reservoir_size: int = 8, seed: int = 0, spill_dir: Path | None = None) -> None:
+        self.denoiser, self.buckets, self.strategy, self.seed = denoiser, buckets, strategy, seed
+        self.reservoir = Reservoir(reservoir_size, strategy, seed, spill_dir)
+        self.signature = inspect.signature(denoiser.forward)
+        self.stats: dict[tuple[str, int], ActStats] = {}
+        self.timesteps: list[float] = []
+        self.result: CalibrationSet | None = None
+        self._handles: list = []
+        self._current: tuple[float, int] | None = None
+
+    def __enter__(self) -> "Collector":
+        self._handles.append(self.denoiser.register_forward_pre_hook(self._on_denoiser_call, with_kwargs=True))
+        self._handles.append(self.denoiser.register_forward_hook(self._on_denoiser_return))
+        for name, module in self.denoiser.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                channel_dim = 1 if isinstance(module, nn.Conv2d) else -1
+                self._handles.append(module.register_forward_pre_hook(self._layer_hook(name, channel_dim)))
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._current = None
+        if exc_type is None:
+            self.result = self._build()
+
+    def _on_denoiser_call(self, module, args, kwargs):
+        arguments = self.signature.bind(*args, **kwargs).arguments
+        timestep = _timestep_value(arguments.get("timestep"))
+        bucket = self.buckets.bucket_of(timestep)
+        self._current = (timestep, bucket)
+        self.reservoir.offer(len(self.timesteps), timestep, self.buckets.normalize(timestep), bucket, arguments)
+        self.timesteps.append(timestep)
+
+    def _on_denoiser_return(self, module, args, output):
+        self._current = None
+
+    def _layer_hook(self, name: str, channel_dim: int):
+        def hook(module, args):
+            if self._current is None or not args or not isinstance(args[0], torch.Tensor):
+                return
+            x = args[0]
+            timestep, bucket = self._current
+            if not torch.isfinite(x).all():
+                raise CalibrationError(f"non-finite values (NaN/Inf) in the input of layer {name!r} "
+                                       f"at timestep {timestep:g}")
+            stats = ActStats.from_input(x, channel_dim)
+            previous = self.stats.get((name, bucket))
+            self.stats[(name, bucket)] = stats if previous is None else previous.merge(stats)
+        return hook
+
+    def _build(self) -> CalibrationSet:
+        if not self.timesteps:
+            raise CalibrationError("no denoiser call was recorded inside the calibration block")
+        return CalibrationSet(self.buckets, self.stats, self.timesteps, self.reservoir.finalize(),
+                              {"strategy": self.strategy.name.value, "seed": self.seed,
+                               "denoiser": type(self.denoiser).__name__})
+
+
+def _timestep_value(timestep) -> float:
+    if timestep is None:
+        raise CalibrationError("the denoiser call has no 'timestep' argument; pass timestep to the denoiser")
+    values = torch.as_tensor(timestep).detach().float().flatten()
+    if values.numel() == 0 or not torch.all(values == values[0]):
+        raise CalibrationError(f"calibration needs one timestep per denoiser call, got {values.tolist()}")
+    return float(values[0])

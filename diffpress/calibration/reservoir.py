@@ -1,0 +1,126 @@
+"""A bounded, seeded reservoir of denoiser calls (their inputs) per timestep bucket.
+
+An entry holds every tensor argument of one denoiser call (x_t, t, conditioning: the whole batch,
+so classifier-free-guidance batches stay paired) and its JSON-able non-tensor arguments, enough to
+replay the call with `denoiser(**entry.call_kwargs())`. With `spill_dir`, kept entries live on disk
+as safetensors shards and only their paths stay in memory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .strategies import Strategy, StrategyName, eda_features, eda_select
+
+
+@dataclass
+class ReservoirEntry:
+    call_index: int  # position of the call in the run (0-based)
+    timestep: float
+    bucket: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    static: dict = field(default_factory=dict)  # non-tensor arguments that are JSON-able
+    path: Path | None = None  # set when spilled to disk
+
+    def load(self) -> "ReservoirEntry":
+        if self.path is not None and not self.tensors:
+            self.tensors = load_file(self.path)
+        return self
+
+    def call_kwargs(self) -> dict:
+        self.load()
+        return {**self.static, **self.tensors}
+
+    def header(self) -> dict:
+        return {"call_index": self.call_index, "timestep": self.timestep, "bucket": self.bucket, "static": self.static}
+
+
+def split_arguments(arguments: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensor arguments (cloned) and JSON-able others; anything else (callables, dicts of tensors) is dropped."""
+    tensors, static = {}, {}
+    for name, value in arguments.items():
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value.detach().clone().contiguous()
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            static[name] = value
+    return tensors, static
+
+
+class Reservoir:
+    """Per-bucket bounded sample of calls, chosen by a Strategy with a seeded generator."""
+
+    def __init__(self, size: int, strategy: Strategy, seed: int, spill_dir: Path | None = None) -> None:
+        if size < 0:
+            raise ValueError(f"reservoir size must be >= 0, got {size}")
+        self.size, self.strategy, self.spill_dir = size, strategy, spill_dir
+        self.generator = torch.Generator().manual_seed(seed)
+        self.kept: dict[int, list[ReservoirEntry]] = {}
+        self.seen: dict[int, int] = {}
+        if spill_dir is not None:
+            Path(spill_dir).mkdir(parents=True, exist_ok=True)
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def offer(self, call_index: int, timestep: float, t_normalized: float, bucket: int, arguments: dict) -> None:
+        """Consider one call; `arguments` are only copied if the call is kept."""
+        if self.size == 0 or self._uniform() >= self.strategy.candidate_probability(t_normalized):
+            return
+        capacity = self.strategy.pool_size(self.size)
+        seen = self.seen[bucket] = self.seen.get(bucket, 0) + 1
+        kept = self.kept.setdefault(bucket, [])
+        if len(kept) < capacity:
+            kept.append(self._entry(call_index, timestep, bucket, arguments))
+            return
+        slot = int(self._uniform() * seen)  # Algorithm R: keep with probability capacity / seen
+        if slot < capacity:
+            self._discard(kept[slot])
+            kept[slot] = self._entry(call_index, timestep, bucket, arguments)
+
+    def _entry(self, call_index, timestep, bucket, arguments) -> ReservoirEntry:
+        tensors, static = split_arguments(arguments)
+        entry = ReservoirEntry(call_index, timestep, bucket, tensors, static)
+        if self.spill_dir is not None:
+            entry.path = Path(self.spill_dir) / f"call-{call_index:07d}.safetensors"
+            save_file(tensors, entry.path)
+            entry.tensors = {}
+        return entry
+
+    @staticmethod
+    def _discard(entry: ReservoirEntry) -> None:
+        if entry.path is not None:
+            entry.path.unlink(missing_ok=True)
+
+    def finalize(self) -> dict[int, list[ReservoirEntry]]:
+        """The kept entries per bucket, in call order (EDA-DM selection applied here)."""
+        result = {}
+        for bucket, entries in sorted(self.kept.items()):
+            if self.strategy.name is StrategyName.EDA and len(entries) > self.size:
+                entries = self._eda(entries)
+            result[bucket] = sorted(entries, key=lambda e: e.call_index)
+        return result
+
+    def _eda(self, entries: list[ReservoirEntry]) -> list[ReservoirEntry]:
+        features = torch.stack([eda_features(_first_tensor(e.load())) for e in entries])
+        s = self.strategy
+        chosen = set(eda_select(features, self.size, s.eda_neighbors, s.eda_diversity_weight))
+        for index, entry in enumerate(entries):
+            if index not in chosen:
+                self._discard(entry)
+        return [entry for index, entry in enumerate(entries) if index in chosen]
+
+
+def _first_tensor(entry: ReservoirEntry) -> torch.Tensor:
+    """The call's x_t: `sample` (UNets) or `hidden_states` (transformers), else the first tensor."""
+    for name in ("sample", "hidden_states"):
+        if name in entry.tensors:
+            return entry.tensors[name]
+    return next(iter(entry.tensors.values()))
+
+
+def entries_metadata(entries: dict[int, list[ReservoirEntry]]) -> str:
+    return json.dumps({str(b): [e.header() for e in es] for b, es in entries.items()})
