@@ -55,6 +55,7 @@ def _capture_inputs(model, layer_name):
 
 
 def _loop(inputs, timesteps):
+    @torch.no_grad()
     def forward_loop(denoiser):
         for t in timesteps:
             denoiser(**{**inputs, "timestep": torch.full((2,), float(t))})
@@ -158,7 +159,7 @@ def test_no_hook_left_after_an_exception():
     before = _hook_count(model)
     with pytest.raises(RuntimeError, match="boom"):
         with collect(model):
-            model(**inputs)
+            _loop(inputs, [500])(model)
             raise RuntimeError("boom")
     assert _hook_count(model) == before
 

@@ -8,7 +8,7 @@ from diffpress.metrics import feature_statistics, frechet_distance, psnr_db, sqn
 def test_sqnr_known_value_and_identity():
     x = torch.ones(100)
     assert math.isinf(sqnr_db(x, x))
-    assert abs(sqnr_db(x, x * 1.1) - 20.0) < 1e-9  # noise 0.01 of signal power -> 20 dB
+    assert abs(sqnr_db(x, x * 1.1) - 20.0) < 1e-5  # noise 0.01 of signal power -> 20 dB (1.1 rounded to float32)
 
 
 def test_psnr_and_ssim():
