@@ -12,7 +12,7 @@ from . import checkpoint as checkpoints
 from . import io
 from .compress.swap import QuantizationReport, quantize_
 from .errors import InputError
-from .recipe import preset
+from .recipe import Recipe, preset_recipe
 
 
 @dataclass
@@ -31,11 +31,16 @@ def tensor_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def compress(model: str | Path, preset_name: str, out: str | Path, overwrite: bool = False,
-             progress: bool = False) -> CompressionResult:
-    """Quantize the denoiser of MODEL with a preset and save it to `out` (atomically)."""
+def compress(model: str | Path, preset_name: str | None, out: str | Path, overwrite: bool = False,
+             progress: bool = False, recipe: Recipe | str | Path | None = None) -> CompressionResult:
+    """Quantize the denoiser of MODEL with a preset or a recipe and save it to `out` (atomically).
+
+    The recipe used (a preset is one too) is saved as recipe.yaml in the output directory.
+    """
     started = time.perf_counter()
-    spec = preset(preset_name)
+    if (preset_name is None) == (recipe is None):
+        raise InputError("give exactly one of a preset or a recipe")
+    spec = recipe if isinstance(recipe, Recipe) else load_recipe(preset_name, recipe)
     source = checkpoints.resolve(model)
     _refuse_compressed(source)
     io.check_output(Path(out), overwrite, (source.root,))
@@ -46,8 +51,9 @@ def compress(model: str | Path, preset_name: str, out: str | Path, overwrite: bo
     if not report.quantized:
         raise InputError(f"{source.denoiser_dir}: no layer to quantize (every Linear/Conv2d is on the skip list)")
     saved = io.save(denoiser, out, source=source, overwrite=overwrite,
-                    extra={"preset": preset_name, "skipped": report.skipped})
-    return CompressionResult(type(denoiser).__name__, saved, preset_name, report, bytes_before,
+                    extra={"preset": preset_name, "recipe": spec.to_dict(), "skipped": report.skipped},
+                    attachments={"recipe.yaml": spec.to_yaml()})
+    return CompressionResult(type(denoiser).__name__, saved, preset_name or "recipe", report, bytes_before,
                              tensor_bytes(denoiser), time.perf_counter() - started)
 
 
@@ -134,3 +140,31 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise InputError(f"{path}: the prompts file is empty (one prompt per line)")
     return prompts
+
+
+@dataclass
+class InspectRow:
+    fqn: str
+    kind: str  # Linear / Conv2d
+    rule: str  # the rule that decided, "default", or the skip-list reason
+    plan: str  # short plan description or "high precision"
+
+
+def inspect_recipe(model: str | Path, recipe: Recipe) -> list[InspectRow]:
+    """Which rule decides each quantizable layer of MODEL's denoiser, without loading weights."""
+    from .compress.swap import DEFAULT_SKIP, plan_of, quantizable_layers, skip_reason
+
+    denoiser = checkpoints.build_on_meta(checkpoints.resolve(model))
+    skip = DEFAULT_SKIP if recipe.keep_default_skips else ()
+    rows = []
+    for fqn, module in quantizable_layers(denoiser):
+        plan, reason = plan_of(recipe, fqn, skip)
+        rule = recipe.rule_for(fqn)
+        decided_by = skip_reason(fqn, skip) and f"default skip: {reason}" or (f"rule {rule.match!r}" if rule else "default")
+        rows.append(InspectRow(fqn, type(module).__name__, decided_by, plan.describe() if plan else "high precision"))
+    return rows
+
+
+def load_recipe(preset_name: str | None, recipe_path: str | Path | None) -> Recipe:
+    """The recipe a --preset or --recipe argument names."""
+    return preset_recipe(preset_name) if preset_name else Recipe.load(recipe_path)

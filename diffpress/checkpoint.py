@@ -148,3 +148,11 @@ def load_denoiser(checkpoint: Checkpoint) -> torch.nn.Module:
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise InputError(f"{model_dir}: diffusers could not load the model ({str(error).splitlines()[0]})") from None
     return model.eval()
+
+
+def build_on_meta(checkpoint: Checkpoint) -> torch.nn.Module:
+    """The denoiser's module structure from its config alone (meta tensors, no weights read)."""
+    cls = _model_class(checkpoint.denoiser_dir)
+    config = read_json(checkpoint.denoiser_dir / "config.json")
+    with torch.device("meta"):
+        return cls.from_config(config)

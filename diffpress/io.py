@@ -168,11 +168,12 @@ def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, overwrite: bool = False,
-         extra: dict | None = None) -> Path:
+         extra: dict | None = None, attachments: dict[str, str] | None = None) -> Path:
     """Save a quantized denoiser to `out`, atomically.
 
     With `source` a pipeline checkpoint, `out` becomes a pipeline directory: every other component
     is copied from the source byte for byte and the denoiser is replaced by the compressed one.
+    `attachments` are extra text files written at the root (e.g. recipe.yaml).
     """
     out = Path(out).expanduser().resolve()
     if not layer_plan(model):
@@ -184,6 +185,8 @@ def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, ov
         if component:
             _copy_pipeline_except(source.root, staging, component)
         write_model(model, staging / component if component else staging, extra)
+        for name, text in (attachments or {}).items():
+            (staging / name).write_text(text)
         _write_manifest(staging, component)
     return out
 

@@ -1,11 +1,41 @@
-"""What to do to which layer: QuantSpec (one layer's plan) and the named presets."""
+"""What to do to which layer: QuantSpec (one layer's plan), Recipe (default plan + ordered rules),
+and the named presets.
+
+A recipe as YAML:
+
+    default:                       # plan for every Linear/Conv2d no rule matches
+      weight_format: int4
+      granularity: per_group
+      group_size: 128
+      act_format: int8
+      scale_method: mse
+    keep_default_skips: true       # embedders, input embedding, final projection stay high precision
+    rules:                         # first match wins; a pattern is an exact name, a glob, or re:REGEX
+      - match: "mid_block.*"
+        plan: {weight_format: int8, granularity: per_channel}
+      - match: "re:.*attn2\\.to_(k|v)$"
+        plan: skip                 # keep in high precision
+
+A rule's plan is `skip` or a mapping of QuantSpec fields that override the default.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import fnmatch
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from .compress.quantize import ScaleMethod
 from .formats import Granularity, QuantFormat, check_granularity, spec_of
 from .errors import InputError
+
+
+def _parse_enum(enum_type, value, field_name: str):
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum_type)
+        raise ValueError(f"{field_name} {value!r} is not one of: {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -24,11 +54,11 @@ class QuantSpec:
     scale_method: ScaleMethod = ScaleMethod.ABSMAX
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "weight_format", QuantFormat(self.weight_format))
-        object.__setattr__(self, "granularity", Granularity(self.granularity))
-        object.__setattr__(self, "scale_method", ScaleMethod(self.scale_method))
+        for name, enum_type in (("weight_format", QuantFormat), ("granularity", Granularity),
+                                ("scale_method", ScaleMethod), ("act_format", QuantFormat)):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _parse_enum(enum_type, getattr(self, name), name))
         if self.act_format is not None:
-            object.__setattr__(self, "act_format", QuantFormat(self.act_format))
             if spec_of(self.act_format).bits != 8:
                 raise ValueError(f"act_format must be an 8-bit format (int8, fp8_e4m3), got {self.act_format.value}")
         if self.granularity is not Granularity.PER_GROUP:
@@ -38,9 +68,132 @@ class QuantSpec:
     def to_dict(self) -> dict:
         return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()}
 
+    def describe(self) -> str:
+        group = f"/g{self.group_size}" if self.group_size else ""
+        act = self.act_format.value if self.act_format else "a16"
+        return f"w:{self.weight_format.value}{group} {self.granularity.value} act:{act} {self.scale_method.value}"
+
     @classmethod
     def from_dict(cls, data: dict) -> "QuantSpec":
         return cls(**data)
+
+
+
+def _named(value, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method"}
+SKIP = "skip"
+
+
+def spec_from_mapping(mapping: dict, base: QuantSpec | None, where: str) -> QuantSpec:
+    """A QuantSpec from a recipe mapping (over `base` when given); errors name the key and value."""
+    if not isinstance(mapping, dict):
+        raise InputError(f"{where}: expected a mapping of {', '.join(sorted(SPEC_KEYS))} or 'skip', got {mapping!r}")
+    _named(mapping, SPEC_KEYS, where)
+    fields_ = {**(base.to_dict() if base else {}), **mapping}
+    if "weight_format" not in fields_ or "granularity" not in fields_:
+        raise InputError(f"{where}: weight_format and granularity are required")
+    try:
+        return QuantSpec.from_dict(fields_)
+    except ValueError as error:
+        raise InputError(f"{where}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`match`: exact fqn, glob (contains * ? [), or 're:' + regex (full match); `plan`: QuantSpec or None (skip)."""
+
+    match: str
+    plan: QuantSpec | None
+
+    def matches(self, fqn: str) -> bool:
+        if self.match.startswith("re:"):
+            return re.fullmatch(self.match[3:], fqn) is not None
+        if any(c in self.match for c in "*?["):
+            return fnmatch.fnmatchcase(fqn, self.match)
+        return fqn == self.match
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A default plan plus ordered rules; `plan_for(fqn)` is the first matching rule's plan."""
+
+    default: QuantSpec | None
+    rules: tuple[Rule, ...] = ()
+    keep_default_skips: bool = True
+
+    def rule_for(self, fqn: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.matches(fqn)), None)
+
+    def plan_for(self, fqn: str) -> QuantSpec | None:
+        rule = self.rule_for(fqn)
+        return rule.plan if rule else self.default
+
+    # ---------------------------------------------------------- dict / YAML
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a mapping with 'default' and 'rules', got {type(data).__name__}")
+        _named(data, {"default", "rules", "keep_default_skips"}, where)
+        default_value = data.get("default")
+        default = None if default_value in (None, SKIP) else spec_from_mapping(default_value, None, f"{where}: default")
+        rules = tuple(_rule(entry, default, f"{where}: rules[{i}]") for i, entry in enumerate(data.get("rules") or []))
+        return cls(default, rules, bool(data.get("keep_default_skips", True)))
+
+    def to_dict(self) -> dict:
+        default = self.default.to_dict() if self.default else SKIP
+        rules = [{"match": r.match, "plan": _overrides(r.plan, self.default)} for r in self.rules]
+        return {"default": default, "keep_default_skips": self.keep_default_skips, "rules": rules}
+
+    @classmethod
+    def from_yaml(cls, text: str, where: str = "recipe") -> "Recipe":
+        import yaml
+
+        try:
+            return cls.from_dict(yaml.safe_load(text), where)
+        except yaml.YAMLError as error:
+            raise InputError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such recipe file")
+        return cls.from_yaml(path.read_text(), str(path))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _rule(entry, default: QuantSpec | None, where: str) -> Rule:
+    if not isinstance(entry, dict):
+        raise InputError(f"{where}: expected a mapping with 'match' and 'plan', got {entry!r}")
+    _named(entry, {"match", "plan"}, where)
+    if not isinstance(entry.get("match"), str) or not entry["match"]:
+        raise InputError(f"{where}: 'match' must be a non-empty string")
+    if entry["match"].startswith("re:"):
+        try:
+            re.compile(entry["match"][3:])
+        except re.error as error:
+            raise InputError(f"{where}: bad regex {entry['match'][3:]!r} ({error})") from None
+    plan = entry.get("plan")
+    return Rule(entry["match"], None if plan == SKIP else spec_from_mapping(plan, default, where))
+
+
+def _overrides(plan: QuantSpec | None, default: QuantSpec | None):
+    if plan is None:
+        return SKIP
+    if default is None:
+        return plan.to_dict()
+    base = default.to_dict()
+    return {k: v for k, v in plan.to_dict().items() if base.get(k) != v} or plan.to_dict()
 
 
 PRESETS: dict[str, tuple[QuantSpec, str]] = {
@@ -56,7 +209,17 @@ PRESETS: dict[str, tuple[QuantSpec, str]] = {
                   "INT8 weights per channel, INT8 activations per token (dynamic)"),
     "w8a8-fp8": (QuantSpec(QuantFormat.FP8_E4M3, Granularity.PER_CHANNEL, act_format=QuantFormat.FP8_E4M3),
                  "FP8 e4m3 weights per channel, FP8 e4m3 activations per token (dynamic)"),
+    "w4a8-int": (QuantSpec(QuantFormat.INT4, Granularity.PER_GROUP, 128, act_format=QuantFormat.INT8,
+                           scale_method=ScaleMethod.MSE),
+                 "INT4 weights (groups of 128, MSE clipping), INT8 activations per token (dynamic)"),
+    "w4a8-fp4": (QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16, act_format=QuantFormat.FP8_E4M3,
+                           scale_method=ScaleMethod.MSE),
+                 "FP4 e2m1 weights (block-16 scales, MSE clipping), FP8 e4m3 activations per token (dynamic)"),
 }
+# Each preset's round-to-nearest baseline: same formats, absmax scales, no method, so what the
+# methods buy can be measured.
+PRESETS.update({f"{name}-rtn": (replace(spec, scale_method=ScaleMethod.ABSMAX), "round-to-nearest baseline of " + name)
+                for name, (spec, _) in list(PRESETS.items())})
 
 
 def preset(name: str) -> QuantSpec:
@@ -64,3 +227,8 @@ def preset(name: str) -> QuantSpec:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     return PRESETS[name][0]
+
+
+def preset_recipe(name: str) -> Recipe:
+    """A preset as a recipe: its plan for every layer, the default skip list kept."""
+    return Recipe(preset(name))

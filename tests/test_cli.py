@@ -89,3 +89,24 @@ def test_checksum_mismatch_at_load_is_one_line(unet_dir, tmp_path):
 def test_unknown_preset_is_a_usage_error(unet_dir, tmp_path):
     result = diffpress("compress", unet_dir, "--preset", "w3a3", "--out", tmp_path / "out")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_calibrate_writes_a_loadable_file(tmp_path):
+    from diffpress.calibration import CalibrationSet
+
+    out = tmp_path / "calib.safetensors"
+    args = ("calibrate", "builtin:digits", "--out", out, "--num-samples", "4", "--steps", "3", "--buckets", "3",
+            "--reservoir-size", "1")
+    result = diffpress(*args)
+    assert result.returncode == 0, result.stderr
+    assert "calibrated" in result.stdout and "denoiser calls" in result.stdout
+    calibration = CalibrationSet.load(out)
+    assert len(calibration.timesteps) == 3 and "mid_block.attentions.0.to_q" in calibration.layers
+    again = diffpress(*args)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_calibrate_empty_prompts_file_is_a_clear_error(tmp_path):
+    (tmp_path / "prompts.txt").write_text("\n\n")
+    result = diffpress("calibrate", "builtin:digits", "--prompts", tmp_path / "prompts.txt", "--out", tmp_path / "c")
+    assert result.returncode == 2 and "prompts file is empty" in result.stderr

@@ -20,8 +20,19 @@ def _format_bytes(count: int) -> str:
     return str(count)
 
 
+def _preset_lines() -> str:
+    return "\n".join(f"  {name:<16} {text}" for name, (_, text) in PRESETS.items() if not name.endswith("-rtn")) + \
+        "\n  NAME-rtn         round-to-nearest baseline of each preset (absmax scales, no method)"
+
+
+def _add_plan_arguments(parser) -> None:
+    plan = parser.add_mutually_exclusive_group(required=True)
+    plan.add_argument("--preset", choices=list(PRESETS), metavar="NAME", help="quantization preset (see below)")
+    plan.add_argument("--recipe", metavar="FILE", help="recipe YAML: default plan + rules (see README)")
+
+
 def _compress_parser(subparsers) -> None:
-    presets = "\n".join(f"  {name:<12} {text}" for name, (_, text) in PRESETS.items())
+    presets = _preset_lines()
     parser = subparsers.add_parser(
         "compress", help="quantize a diffusers model or pipeline and save it",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -37,8 +48,7 @@ def _compress_parser(subparsers) -> None:
               diffpress compress ./transformer --preset w4a16-int4 --out ./transformer-int4 --overwrite
             """).format(presets=presets))
     parser.add_argument("model", metavar="MODEL", help="local diffusers model or pipeline directory, or builtin:NAME")
-    parser.add_argument("--preset", required=True, choices=list(PRESETS), metavar="NAME",
-                        help="quantization preset (see below)")
+    _add_plan_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
@@ -51,8 +61,9 @@ def _compress_parser(subparsers) -> None:
 def _run_compress(args) -> int:
     from ..api import compress
 
-    result = compress(args.model, args.preset, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"{result.model_class}: preset {result.preset}: quantized {len(result.report.quantized)} layers, "
+    result = compress(args.model, args.preset, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                      recipe=args.recipe)
+    print(f"{result.model_class}: {'preset ' + result.preset if args.preset else 'recipe ' + args.recipe}: quantized {len(result.report.quantized)} layers, "
           f"skipped {len(result.report.skipped)}")
     for fqn, reason in result.report.skipped.items():
         print(f"  kept in high precision: {fqn:<50} ({reason})")
@@ -146,6 +157,39 @@ def _run_calibrate(args) -> int:
     return 0
 
 
+def _inspect_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="show which layers each recipe rule hits (no weights read, no calibration)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build MODEL's denoiser from its config alone and list, for every Linear/Conv2d, the "
+                    "rule that decides it and its plan; layers kept in high precision are listed last.",
+        epilog=dedent("""\
+            examples:
+              diffpress inspect builtin:digits --recipe my-recipe.yaml
+              diffpress inspect ./flux-dev/transformer --preset w4a8-int
+            """))
+    parser.add_argument("model", metavar="MODEL", help="diffusers model or pipeline directory, or builtin:NAME")
+    _add_plan_arguments(parser)
+    parser.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args) -> int:
+    from ..api import inspect_recipe, load_recipe
+
+    rows = inspect_recipe(args.model, load_recipe(args.preset, args.recipe))
+    by_rule: dict[str, list] = {}
+    for row in rows:
+        by_rule.setdefault(row.rule, []).append(row)
+    for rule, members in by_rule.items():
+        plans = sorted({row.plan for row in members})
+        print(f"{rule}: {len(members)} layers -> {'; '.join(plans)}")
+        for row in members:
+            print(f"    {row.fqn} ({row.kind})")
+    kept = [row for row in rows if row.plan == "high precision"]
+    print(f"{len(rows) - len(kept)} of {len(rows)} layers quantized; {len(kept)} kept in high precision")
+    return 0
+
+
 def _grid_arg(compressed, grid):
     from ..api import grid_path_for
 
@@ -209,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compress_parser(subparsers)
     _eval_parser(subparsers)
     _calibrate_parser(subparsers)
+    _inspect_parser(subparsers)
     models = subparsers.add_parser("models", help="list the built-in models")
     models.set_defaults(handler=_run_models)
     return parser

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..recipe import QuantSpec
+from ..recipe import QuantSpec, Recipe
 from .modules import QuantConv2d, QuantLinear
 
 DEFAULT_SKIP: tuple[tuple[str, str], ...] = (
@@ -50,26 +50,41 @@ def skip_reason(fqn: str, skip: Iterable[tuple[str, str] | str]) -> str | None:
     return None
 
 
-def quantize_(model: nn.Module, spec: QuantSpec | Callable[[str], QuantSpec | None],
+def quantize_(model: nn.Module, spec: QuantSpec | Recipe | Callable[[str], QuantSpec | None],
               skip: Iterable[tuple[str, str] | str] | None = None, progress: bool = False) -> QuantizationReport:
-    """Quantize `model` in place; `spec` is one QuantSpec or a function fqn -> QuantSpec | None.
+    """Quantize `model` in place; `spec` is one QuantSpec, a Recipe, or a function fqn -> QuantSpec | None.
 
-    `skip` defaults to DEFAULT_SKIP; pass extra regex strings (or (regex, reason) pairs) to
-    skip more, or an empty tuple to skip nothing. Returns what was quantized and what was skipped.
+    `skip` defaults to DEFAULT_SKIP (for a Recipe: DEFAULT_SKIP if it keeps the default skips);
+    pass extra regex strings (or (regex, reason) pairs) to skip more, or an empty tuple to skip
+    nothing. Returns what was quantized and what was skipped, with the reason.
     """
-    skip = DEFAULT_SKIP if skip is None else tuple(skip)
-    plan_for = spec if callable(spec) else (lambda _fqn: spec)
+    if skip is None:
+        skip = DEFAULT_SKIP if not isinstance(spec, Recipe) or spec.keep_default_skips else ()
+    skip = tuple(skip)
     report = QuantizationReport()
     layers = list(quantizable_layers(model))
     for fqn, module in tqdm(layers, desc="quantize", unit="layer", disable=not progress):
-        reason = skip_reason(fqn, skip)
-        layer_spec = None if reason else plan_for(fqn)
+        layer_spec, reason = plan_of(spec, fqn, skip)
         if layer_spec is None:
-            report.skipped[fqn] = reason or "no plan for this layer"
+            report.skipped[fqn] = reason
             continue
         set_submodule(model, fqn, quantized_module(module, layer_spec))
         report.quantized.append(fqn)
     return report
+
+
+def plan_of(spec, fqn: str, skip: tuple) -> tuple[QuantSpec | None, str]:
+    """(the layer's plan, or None and why it stays in high precision)."""
+    reason = skip_reason(fqn, skip)
+    if reason:
+        return None, reason
+    if isinstance(spec, Recipe):
+        rule = spec.rule_for(fqn)
+        plan = rule.plan if rule else spec.default
+        why = f"recipe rule {rule.match!r}" if rule else "recipe default is skip"
+        return plan, ("" if plan else why)
+    plan = spec(fqn) if callable(spec) else spec
+    return plan, ("" if plan else "no plan for this layer")
 
 
 def quantized_module(module: nn.Module, spec: QuantSpec) -> nn.Module:
