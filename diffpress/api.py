@@ -10,7 +10,7 @@ from torch import nn
 
 from . import checkpoint as checkpoints
 from . import io
-from .compress.swap import QuantizationReport, quantize_
+from .compress.swap import QuantizationReport
 from .errors import InputError
 from .recipe import Recipe, preset_recipe
 
@@ -31,11 +31,27 @@ def tensor_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def compress(model: str | Path, preset_name: str | None, out: str | Path, overwrite: bool = False,
-             progress: bool = False, recipe: Recipe | str | Path | None = None) -> CompressionResult:
-    """Quantize the denoiser of MODEL with a preset or a recipe and save it to `out` (atomically).
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How `compress` calibrates when the recipe's methods need data (ignored otherwise)."""
 
-    The recipe used (a preset is one too) is saved as recipe.yaml in the output directory.
+    num_samples: int = 32
+    steps: int = 25
+    buckets: int = 8
+    reservoir_size: int = 4
+    seed: int = 0
+    strategy: str = "uniform"
+    labels_or_prompts: tuple | None = None  # default: class labels 0..9 for built-in models
+    calibration_file: str | Path | None = None  # reuse a saved CalibrationSet instead
+
+
+def compress(model: str | Path, preset_name: str | None, out: str | Path, overwrite: bool = False,
+             progress: bool = False, recipe: Recipe | str | Path | None = None,
+             calibration: CalibrationOptions = CalibrationOptions()) -> CompressionResult:
+    """Calibrate (when the recipe's methods need it), quantize the denoiser of MODEL and save it to `out`.
+
+    The recipe used (a preset is one too) is saved as recipe.yaml in the output directory; writes
+    are atomic.
     """
     started = time.perf_counter()
     if (preset_name is None) == (recipe is None):
@@ -44,10 +60,11 @@ def compress(model: str | Path, preset_name: str | None, out: str | Path, overwr
     source = checkpoints.resolve(model)
     _refuse_compressed(source)
     io.check_output(Path(out), overwrite, (source.root,))
-    denoiser = checkpoints.load_denoiser(source)
+    calibration_set, denoiser = _calibration_for(model, source, spec, calibration, progress)
     bytes_before = tensor_bytes(denoiser)
-    with torch.no_grad():
-        report = quantize_(denoiser, spec, progress=progress)
+    from .compress.ptq import quantize_model
+
+    report = quantize_model(denoiser, spec, calibration_set, progress=progress)
     if not report.quantized:
         raise InputError(f"{source.denoiser_dir}: no layer to quantize (every Linear/Conv2d is on the skip list)")
     saved = io.save(denoiser, out, source=source, overwrite=overwrite,
@@ -55,6 +72,33 @@ def compress(model: str | Path, preset_name: str | None, out: str | Path, overwr
                     attachments={"recipe.yaml": spec.to_yaml()})
     return CompressionResult(type(denoiser).__name__, saved, preset_name or "recipe", report, bytes_before,
                              tensor_bytes(denoiser), time.perf_counter() - started)
+
+
+def _needs_calibration(recipe: Recipe) -> bool:
+    plans = [recipe.default] + [rule.plan for rule in recipe.rules]
+    return any(plan is not None and plan.needs_calibration for plan in plans)
+
+
+def _calibration_for(model, source, recipe: Recipe, options: CalibrationOptions, progress: bool):
+    """(CalibrationSet or None, the float denoiser) for this recipe."""
+    if not _needs_calibration(recipe):
+        return None, checkpoints.load_denoiser(source)
+    from .calibration import CalibrationSet, calibrate, find_denoiser
+
+    if options.calibration_file is not None:
+        return CalibrationSet.load(options.calibration_file), checkpoints.load_denoiser(source)
+    if not source.is_pipeline:
+        raise InputError(f"{source.root}: this recipe's methods need calibration data; pass a pipeline "
+                         "directory (or builtin:NAME) to calibrate on, or --calibration FILE")
+    items = options.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
+    if not items:
+        raise InputError("this recipe's methods need calibration data: give --calib-prompts FILE, "
+                         "--calib-labels or --calibration FILE")
+    pipe = load_pipeline(model)
+    calibration_set = calibrate(pipe, list(items), num_inference_steps=options.steps,
+                                num_samples=options.num_samples, seed=options.seed, buckets=options.buckets,
+                                strategy=options.strategy, reservoir_size=options.reservoir_size, progress=progress)
+    return calibration_set, find_denoiser(pipe)
 
 
 def _refuse_compressed(source: checkpoints.Checkpoint) -> None:

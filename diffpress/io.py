@@ -27,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, read_json
-from .compress.modules import QuantConv2d, QuantLinear
+from .compress.modules import OPTIONAL_BUFFERS, QuantConv2d, QuantLinear
 from .compress.swap import set_submodule
 from .errors import InputError, IntegrityError, OutputExistsError
 from .recipe import QuantSpec
@@ -142,9 +142,14 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def quantization_config(model: nn.Module, extra: dict | None = None) -> dict:
-    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer": "diffpress",
-            "producer_version": __version__, "torch_dtype": str(model_dtype(model)).removeprefix("torch."),
-            **(extra or {}), "layers": layer_plan(model)}
+    config = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer": "diffpress",
+              "producer_version": __version__, "torch_dtype": str(model_dtype(model)).removeprefix("torch."),
+              **(extra or {}), "layers": layer_plan(model)}
+    tracker = getattr(model, "diffpress_timestep_tracker", None)
+    if tracker is not None:
+        config["timestep_buckets"] = {"num_buckets": tracker.buckets.num_buckets,
+                                      "timestep_range": tracker.buckets.timestep_range}
+    return config
 
 
 def write_model(model: nn.Module, directory: Path, extra: dict | None = None) -> None:
@@ -249,15 +254,18 @@ def load_model(directory: Path) -> nn.Module:
         raise InputError(f"{directory}: unknown diffusers class {config.get('_class_name')!r}")
     with torch.device("meta"):
         model = cls.from_config(config)
-    _install_shells(model, qconfig["layers"], directory)
     check_safetensors(directory / WEIGHTS_NAME)
-    _assign_state_dict(model, load_file(directory / WEIGHTS_NAME), directory)
+    state = load_file(directory / WEIGHTS_NAME)
+    _install_shells(model, qconfig["layers"], directory, state)
+    _assign_state_dict(model, state, directory)
+    _attach_timestep_tracker(model, qconfig.get("timestep_buckets"))
     _materialize_leftover_buffers(model, cls, config)
     _cast_non_persistent_buffers(model, getattr(torch, qconfig.get("torch_dtype", "float32")))
     return model.eval()
 
 
-def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path) -> None:
+def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path,
+                    state: dict[str, torch.Tensor]) -> None:
     for fqn, entry in layers.items():
         entry = dict(entry)
         kind = entry.pop("module")
@@ -267,7 +275,13 @@ def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path) 
         except AttributeError:
             raise IntegrityError(f"{directory}: quantization_config names layer {fqn!r}, which the model lacks") from None
         shell_cls = QuantLinear if kind == "linear" else QuantConv2d
-        set_submodule(model, fqn, shell_cls.empty_like(float_module, QuantSpec.from_dict(entry)))
+        shell = shell_cls.empty_like(float_module, QuantSpec.from_dict(entry))
+        shell.fqn = fqn
+        for name in OPTIONAL_BUFFERS:  # placeholders so that assign-loading finds the keys
+            stored = state.get(f"{fqn}.{name}")
+            if stored is not None:
+                shell.set_optional(name, torch.empty(stored.shape, dtype=stored.dtype, device="meta"))
+        set_submodule(model, fqn, shell)
 
 
 def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
@@ -284,6 +298,20 @@ def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directo
             raise IntegrityError(f"{directory}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, "
                                  f"the model expects {tuple(want.shape)} {want.dtype}")
     model.load_state_dict(state, strict=True, assign=True)
+
+
+def _attach_timestep_tracker(model: nn.Module, buckets: dict | None) -> None:
+    static = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d)) and m.act_scales is not None]
+    if not static:
+        return
+    if not buckets:
+        raise IntegrityError("layers have static activation scales but quantization_config has no timestep_buckets")
+    from .calibration.buckets import TimestepBuckets
+    from .compress.timesteps import attach_tracker
+
+    tracker = attach_tracker(model, TimestepBuckets(**buckets))
+    for module in static:
+        module.timestep_tracker = tracker
 
 
 def _cast_non_persistent_buffers(model: nn.Module, dtype: torch.dtype) -> None:

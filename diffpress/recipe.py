@@ -20,6 +20,7 @@ A rule's plan is `skip` or a mapping of QuantSpec fields that override the defau
 """
 from __future__ import annotations
 
+import enum
 import fnmatch
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,16 @@ from pathlib import Path
 from .compress.quantize import ScaleMethod
 from .formats import Granularity, QuantFormat, check_granularity, spec_of
 from .errors import InputError
+
+
+class ActMode(str, enum.Enum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+class Rounding(str, enum.Enum):
+    NEAREST = "nearest"
+    LEARNED = "learned"
 
 
 def _parse_enum(enum_type, value, field_name: str):
@@ -43,8 +54,11 @@ class QuantSpec:
     """One layer's quantization plan.
 
     weight_format/granularity/group_size: how the weight is stored. act_format: None keeps
-    activations in the model dtype (weight-only); otherwise activations are quantized dynamically
-    per token to this 8-bit format before the matmul. scale_method: absmax or MSE clipping search.
+    activations in the model dtype (weight-only), else the 8-bit activation format; act_mode:
+    `dynamic` (per token, computed at run time) or `static` (one scale per timestep bucket, from
+    calibration). scale_method: absmax or MSE clipping search. The calibration-driven methods:
+    smoothing (None off, "auto" searches the migration strength per layer, or a fixed alpha),
+    low_rank (rank of the high-precision branch, 0 off), rounding ("nearest" or "learned").
     """
 
     weight_format: QuantFormat
@@ -52,10 +66,15 @@ class QuantSpec:
     group_size: int | None = None
     act_format: QuantFormat | None = None
     scale_method: ScaleMethod = ScaleMethod.ABSMAX
+    act_mode: ActMode = ActMode.DYNAMIC
+    smoothing: float | str | None = None
+    low_rank: int = 0
+    rounding: Rounding = Rounding.NEAREST
 
     def __post_init__(self) -> None:
         for name, enum_type in (("weight_format", QuantFormat), ("granularity", Granularity),
-                                ("scale_method", ScaleMethod), ("act_format", QuantFormat)):
+                                ("scale_method", ScaleMethod), ("act_format", QuantFormat),
+                                ("act_mode", ActMode), ("rounding", Rounding)):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _parse_enum(enum_type, getattr(self, name), name))
         if self.act_format is not None:
@@ -64,14 +83,35 @@ class QuantSpec:
         if self.granularity is not Granularity.PER_GROUP:
             object.__setattr__(self, "group_size", None)
         check_granularity(self.weight_format, self.granularity, self.group_size)
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        if self.smoothing is not None and self.smoothing != "auto" and not (
+                isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
+            raise ValueError(f"smoothing must be null, 'auto' or an alpha in [0, 1], got {self.smoothing!r}")
+        if self.smoothing is not None and self.act_format is None:
+            raise ValueError("smoothing moves activation outliers into weights: it needs act_format")
+        if not isinstance(self.low_rank, int) or self.low_rank < 0:
+            raise ValueError(f"low_rank must be a rank >= 0, got {self.low_rank!r}")
+        if self.act_mode is ActMode.STATIC and self.act_format is None:
+            raise ValueError("act_mode static needs act_format")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return (self.smoothing is not None or self.rounding is Rounding.LEARNED
+                or self.act_mode is ActMode.STATIC)
 
     def to_dict(self) -> dict:
         return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()}
 
     def describe(self) -> str:
         group = f"/g{self.group_size}" if self.group_size else ""
-        act = self.act_format.value if self.act_format else "a16"
-        return f"w:{self.weight_format.value}{group} {self.granularity.value} act:{act} {self.scale_method.value}"
+        act = f"{self.act_format.value}/{self.act_mode.value}" if self.act_format else "a16"
+        methods = [self.scale_method.value]
+        methods += [f"smooth={self.smoothing}"] if self.smoothing is not None else []
+        methods += [f"lowrank={self.low_rank}"] if self.low_rank else []
+        methods += ["learned-rounding"] if self.rounding is Rounding.LEARNED else []
+        return f"w:{self.weight_format.value}{group} {self.granularity.value} act:{act} {'+'.join(methods)}"
 
     @classmethod
     def from_dict(cls, data: dict) -> "QuantSpec":
@@ -85,7 +125,8 @@ def _named(value, allowed: set[str], where: str) -> None:
         raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
-SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method"}
+SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method", "act_mode", "smoothing",
+             "low_rank", "rounding"}
 SKIP = "skip"
 
 

@@ -66,7 +66,8 @@ def test_quantization_config_records_every_layer(tmp_path):
     assert set(qconfig["layers"]) == set(report.quantized)
     assert qconfig["layers"]["down_blocks.0.resnets.0.conv1"] == {
         "module": "conv2d", "layout": "nibbles_k_v1", "weight_format": "int4", "granularity": "per_group",
-        "group_size": 128, "act_format": None, "scale_method": "mse"}
+        "group_size": 128, "act_format": None, "scale_method": "mse", "act_mode": "dynamic", "smoothing": None,
+        "low_rank": 0, "rounding": "nearest"}
     assert qconfig["torch_dtype"] == "float32"
     assert config["_class_name"] == "UNet2DConditionModel"
 

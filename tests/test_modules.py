@@ -19,7 +19,7 @@ def test_quant_linear_matches_dequantized_float_linear():
     from diffpress.kernels.reference import dequantize_weight
     expected = nn.functional.linear(x, dequantize_weight(quantized.packed), linear.bias)
     assert torch.allclose(quantized(x), expected, atol=1e-6)
-    assert "weight=int4, per_group, group_size=32, act=none, backend=reference" in repr(quantized)
+    assert "w:int4/g32 per_group act:a16 absmax, backend=reference" in repr(quantized)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

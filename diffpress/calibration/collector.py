@@ -82,7 +82,7 @@ class Collector:
 
     def _on_denoiser_call(self, module, args, kwargs):
         arguments = self.signature.bind(*args, **kwargs).arguments
-        timestep = _timestep_value(arguments.get("timestep"))
+        timestep = timestep_value(arguments.get("timestep"))
         bucket = self.buckets.bucket_of(timestep)
         self._current = (timestep, bucket)
         self.reservoir.offer(len(self.timesteps), timestep, self.buckets.normalize(timestep), bucket, arguments)
@@ -113,7 +113,7 @@ class Collector:
                                "denoiser": type(self.denoiser).__name__})
 
 
-def _timestep_value(timestep) -> float:
+def timestep_value(timestep) -> float:
     if timestep is None:
         raise CalibrationError("the denoiser call has no 'timestep' argument; pass timestep to the denoiser")
     values = torch.as_tensor(timestep).detach().float().flatten()

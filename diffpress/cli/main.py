@@ -52,6 +52,12 @@ def _compress_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
+    calib = parser.add_argument_group("calibration (used only when the recipe's methods need data)")
+    calib.add_argument("--calibration", metavar="FILE", help="a saved calibration set (diffpress calibrate)")
+    calib.add_argument("--calib-samples", type=int, default=32, metavar="N", help="samples to generate (default 32)")
+    calib.add_argument("--calib-steps", type=int, default=25, metavar="S", help="inference steps (default 25)")
+    calib.add_argument("--calib-prompts", metavar="FILE", help="prompts file, one per line (text-to-image models)")
+    calib.add_argument("--calib-labels", type=int, nargs="+", metavar="L", help="class labels (default 0..9 for built-ins)")
     parser.add_argument("--eval", action="store_true",
                         help="after saving, run 'diffpress eval' on the result with default settings "
                              "(models that ship an evaluation classifier, such as builtin:digits)")
@@ -61,8 +67,13 @@ def _compress_parser(subparsers) -> None:
 def _run_compress(args) -> int:
     from ..api import compress
 
+    from ..api import CalibrationOptions, read_prompts
+
+    items = read_prompts(args.calib_prompts) if args.calib_prompts else args.calib_labels
+    options = CalibrationOptions(num_samples=args.calib_samples, steps=args.calib_steps,
+                                 labels_or_prompts=tuple(items) if items else None, calibration_file=args.calibration)
     result = compress(args.model, args.preset, args.out, overwrite=args.overwrite, progress=not args.quiet,
-                      recipe=args.recipe)
+                      recipe=args.recipe, calibration=options)
     print(f"{result.model_class}: {'preset ' + result.preset if args.preset else 'recipe ' + args.recipe}: quantized {len(result.report.quantized)} layers, "
           f"skipped {len(result.report.skipped)}")
     for fqn, reason in result.report.skipped.items():

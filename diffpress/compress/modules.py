@@ -1,5 +1,8 @@
 """QuantLinear and QuantConv2d: modules that hold packed weights and compute through the kernels.
 
+Buffers: `qdata` and `scales` (the packed weight) always; optional, per the layer's methods:
+`smooth` (per-input-channel divisor, SmoothQuant), `lora_down`/`lora_up` (the high-precision
+low-rank branch, SVDQuant), `act_scales` (one static activation scale per timestep bucket).
 Conv2d weights (out, in/groups, kh, kw) are stored flattened as (N=out, K=in/groups*kh*kw); the
 reference path dequantizes and runs `conv2d` (compressed storage, float compute). With activation
 quantization, conv inputs are quantized per pixel over channels (a "token" is one spatial position).
@@ -9,39 +12,59 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..formats import QuantFormat
 from ..kernels import reference
 from ..kernels.layout import PackedWeight, qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
-from ..recipe import QuantSpec
+from ..recipe import ActMode, QuantSpec
 from .quantize import quantize_weight
+
+OPTIONAL_BUFFERS = ("smooth", "lora_down", "lora_up", "act_scales")
 
 
 class _QuantWeightMixin:
-    """Buffers `qdata` and `scales` plus the spec, shared by QuantLinear and QuantConv2d."""
+    """The packed weight, the optional method buffers and the spec, shared by both module types."""
 
     spec: QuantSpec
     weight_shape: tuple[int, int]
 
     def _register_packed(self, spec: QuantSpec, shape: tuple[int, int], device) -> None:
         self.spec, self.weight_shape = spec, shape
+        self.fqn = ""
+        self.timestep_tracker = None
         self.register_buffer("qdata", torch.empty(qdata_shape(spec.weight_format, shape),
                                                   dtype=qdata_dtype(spec.weight_format), device=device))
         self.register_buffer("scales", torch.empty(scales_shape(spec.granularity, shape, spec.group_size),
                                                    dtype=scale_dtype_for(spec.granularity), device=device))
+        for name in OPTIONAL_BUFFERS:
+            self.register_buffer(name, None)
 
-    def _set_packed(self, packed: PackedWeight) -> None:
+    def set_packed(self, packed: PackedWeight) -> None:
         self.qdata, self.scales = packed.qdata, packed.scales
+
+    def set_optional(self, name: str, tensor: torch.Tensor | None) -> None:
+        if name not in OPTIONAL_BUFFERS:
+            raise ValueError(f"unknown optional buffer {name!r}; allowed: {OPTIONAL_BUFFERS}")
+        # contiguous, as a loaded tensor is: a strided view would round differently in the matmul
+        setattr(self, name, tensor.contiguous() if tensor is not None else None)
 
     @property
     def packed(self) -> PackedWeight:
         s = self.spec
         return PackedWeight(self.qdata, self.scales, s.weight_format, s.granularity, s.group_size, self.weight_shape)
 
+    def _low_rank(self):
+        return (self.lora_down, self.lora_up) if self.lora_down is not None else None
+
+    def _act_scale(self) -> torch.Tensor | None:
+        if self.spec.act_mode is not ActMode.STATIC or self.spec.act_format is None:
+            return None
+        if self.timestep_tracker is None:
+            from ..errors import DiffpressError
+            raise DiffpressError(f"layer {self.fqn} has static activation scales but no timestep tracker; "
+                                 "load the model with diffpress.load")
+        return self.act_scales[self.timestep_tracker.current_bucket(self.fqn)]
+
     def _spec_repr(self) -> str:
-        s = self.spec
-        group = f", group_size={s.group_size}" if s.group_size else ""
-        act = s.act_format.value if s.act_format else "none"
-        return f"weight={s.weight_format.value}, {s.granularity.value}{group}, act={act}, backend=reference"
+        return f"{self.spec.describe()}, backend=reference"
 
 
 class QuantLinear(_QuantWeightMixin, nn.Module):
@@ -53,11 +76,12 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, spec: QuantSpec) -> "QuantLinear":
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, spec,
-                     device="meta", dtype=linear.weight.dtype)
-        module._set_packed(quantize_weight(linear.weight.detach(), spec.weight_format, spec.granularity,
-                                           spec.group_size, spec.scale_method))
+    def from_float(cls, linear: nn.Linear, spec: QuantSpec, weight: torch.Tensor | None = None) -> "QuantLinear":
+        """Quantize `linear` (or `weight`, an already transformed (N, K) weight) with `spec`."""
+        module = cls.empty_like(linear, spec)
+        weight = linear.weight.detach() if weight is None else weight
+        module.set_packed(quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size,
+                                          spec.scale_method))
         if linear.bias is not None:
             module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         return module
@@ -69,7 +93,8 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
                    device="meta", dtype=linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.quantized_linear(x, self.packed, self.bias, self.spec.act_format)
+        return reference.quantized_linear(x, self.packed, self.bias, self.spec.act_format, self._act_scale(),
+                                          self.smooth, self._low_rank())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._spec_repr()}"
@@ -92,10 +117,11 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         self.bias = nn.Parameter(torch.empty_like(bias, device="meta"), requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec, weight: torch.Tensor | None = None) -> "QuantConv2d":
+        """Quantize `conv` (or `weight`, an already transformed flattened (N, K) weight) with `spec`."""
         module = cls(conv, spec)
-        flat = conv.weight.detach().reshape(conv.weight.shape[0], -1)
-        module._set_packed(quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method))
+        flat = conv.weight.detach().reshape(conv.weight.shape[0], -1) if weight is None else weight
+        module.set_packed(quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method))
         if conv.bias is not None:
             module.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         return module
@@ -104,19 +130,14 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
     def empty_like(cls, conv: nn.Conv2d, spec: QuantSpec) -> "QuantConv2d":
         return cls(conv, spec)
 
+    @property
+    def conv_params(self) -> dict:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = _fake_quantize_channels(x, self.spec.act_format) if self.spec.act_format else x.float()
-        weight = reference.dequantize_weight(self.packed).reshape(self.kernel_shape)
-        bias = self.bias.float() if self.bias is not None else None
-        out = nn.functional.conv2d(x32, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        return out.to(x.dtype)
+        return reference.quantized_conv2d(x, self.packed, self.kernel_shape, self.bias, self.conv_params,
+                                          self.spec.act_format, self._act_scale(), self.smooth, self._low_rank())
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, {self._spec_repr()}")
-
-
-def _fake_quantize_channels(x: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    """Per-pixel activation quantization of an NCHW tensor over its channels."""
-    channels_last = x.movedim(1, -1)
-    return reference.fake_quantize_per_token(channels_last, fmt).movedim(-1, 1)

@@ -44,9 +44,61 @@ def fake_quantize_per_token(x: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     return (decode(codes, fmt) * scales).reshape(x.shape)
 
 
+def fake_quantize_static(x: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor) -> torch.Tensor:
+    """Quantize and dequantize with one precomputed (calibrated) scale; float32."""
+    scale = scale.float()
+    return decode(encode(x.float() / scale, fmt), fmt) * scale
+
+
+def prepare_activation(x: torch.Tensor, act_format: QuantFormat | None, act_scale: torch.Tensor | None = None,
+                       smooth: torch.Tensor | None = None, channel_dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 input after smoothing, the quantized-dequantized input the matmul sees).
+
+    smooth: per-input-channel divisor (SmoothQuant); act_scale: a static scale, else dynamic per
+    token (a token is a row of a linear input, a pixel of a conv input).
+    """
+    x32 = x.float()
+    if smooth is not None:
+        shape = [1] * x32.dim()
+        shape[channel_dim] = -1
+        x32 = x32 / smooth.float().reshape(shape)
+    if act_format is None:
+        return x32, x32
+    if act_scale is not None:
+        return x32, fake_quantize_static(x32, act_format, act_scale)
+    moved = x32.movedim(channel_dim, -1)
+    return x32, fake_quantize_per_token(moved, act_format).movedim(-1, channel_dim)
+
+
 def quantized_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None,
-                     act_format: QuantFormat | None) -> torch.Tensor:
-    """y = act_q(x) @ dequant(W).T + bias, float32 math, cast to x.dtype."""
-    x32 = fake_quantize_per_token(x, act_format) if act_format else x.float()
+                     act_format: QuantFormat | None, act_scale: torch.Tensor | None = None,
+                     smooth: torch.Tensor | None = None,
+                     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """y = Q(x / smooth) @ dequant(W).T + bias [+ ((x / smooth) @ down.T) @ up.T]; float32 math, cast to x.dtype."""
+    x_smooth, x_quantized = prepare_activation(x, act_format, act_scale, smooth)
     bias32 = bias.float() if bias is not None else None
-    return torch.nn.functional.linear(x32, dequantize_weight(packed), bias32).to(x.dtype)
+    y = torch.nn.functional.linear(x_quantized, dequantize_weight(packed), bias32)
+    if low_rank is not None:
+        down, up = low_rank
+        y = y + torch.nn.functional.linear(torch.nn.functional.linear(x_smooth, down.float()), up.float())
+    return y.to(x.dtype)
+
+
+def quantized_conv2d(x: torch.Tensor, packed: PackedWeight, kernel_shape: tuple[int, ...], bias: torch.Tensor | None,
+                     conv: dict, act_format: QuantFormat | None, act_scale: torch.Tensor | None = None,
+                     smooth: torch.Tensor | None = None,
+                     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Conv2d with a packed weight: dequantize, then float32 conv (compressed storage, float compute).
+
+    `conv` holds stride/padding/dilation/groups. The low-rank branch is a (rank, C/groups, kh, kw)
+    conv followed by a 1x1 conv to the output channels.
+    """
+    x_smooth, x_quantized = prepare_activation(x, act_format, act_scale, smooth, channel_dim=1)
+    weight = dequantize_weight(packed).reshape(kernel_shape)
+    bias32 = bias.float() if bias is not None else None
+    y = torch.nn.functional.conv2d(x_quantized, weight, bias32, **conv)
+    if low_rank is not None:
+        down, up = low_rank
+        hidden = torch.nn.functional.conv2d(x_smooth, down.float().reshape(-1, *kernel_shape[1:]), None, **conv)
+        y = y + torch.nn.functional.conv2d(hidden, up.float()[:, :, None, None])
+    return y.to(x.dtype)

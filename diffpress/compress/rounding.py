@@ -1,0 +1,75 @@
+"""Learned rounding on calibration inputs (AdaRound; the reconstruction step of BRECQ, Q-Diffusion
+and EDA-DM), on INT and FP grids alike (the learned-rounding FP variant of "Low-Bitwidth Floating
+Point Quantization for Efficient High-Quality Diffusion Models").
+
+Each scaled weight w/s lies between two neighbouring grid values lo <= w/s <= hi (uniform steps
+for INT, the exponent-dependent steps of e4m3/e2m1 for FP). Instead of rounding to the nearest,
+a per-weight variable V chooses: w_q = s (lo + h(V) (hi - lo)), h the rectified sigmoid. V is
+fitted so the layer's output on captured inputs matches the float output,
+|X_q W_q^T - X W^T|^2 / |X W^T|^2 + lambda * sum(1 - |2h - 1|^beta), with beta annealed from 20
+to 2 so h ends at 0 or 1; the final codes are exactly lo or hi. This is layer-wise reconstruction
+(each layer on its own float inputs), not BRECQ's block-wise variant.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..formats import QuantFormat, encode, grid_values
+from ..kernels.layout import PackedWeight, pack
+from ..kernels.reference import expand_scales
+
+ZETA, GAMMA = 1.1, -0.1
+
+
+def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+
+
+def _neighbours(scaled: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = grid_values(fmt)
+    clamped = scaled.clamp(grid[0], grid[-1])
+    index = (torch.searchsorted(grid, clamped, right=True) - 1).clamp(0, len(grid) - 2)
+    return grid[index], grid[index + 1]
+
+
+def learn_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: PackedWeight, inputs: torch.Tensor,
+                   quantized_inputs: torch.Tensor, iterations: int = 300, regularization: float = 0.01,
+                   learning_rate: float = 0.01, seed: int = 0) -> PackedWeight:
+    """A PackedWeight whose codes minimize the output error on `inputs` (rows (M, K)).
+
+    `quantized_inputs` are the same rows as the quantized layer sees them (activation quantization
+    applied); `packed_like` supplies format, granularity and group size; `scales` are kept.
+    """
+    fmt, shape = packed_like.format, tuple(weight.shape)
+    full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, shape)
+    lower, upper = _neighbours(weight.float() / full_scales, fmt)
+    step = (upper - lower).clamp_min(1e-12)
+    fraction = ((weight.float() / full_scales - lower) / step).clamp(0.01, 0.99)
+    variable = (-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)).requires_grad_(True)
+    target = inputs.float() @ weight.float().T
+    target_power = target.square().mean().clamp_min(1e-20)
+    optimizer = torch.optim.Adam([variable], lr=learning_rate)
+    torch.manual_seed(seed)
+    for iteration in range(iterations):
+        beta = _beta(iteration, iterations)
+        soft = full_scales * (lower + _rectified_sigmoid(variable) * step)
+        reconstruction = (quantized_inputs @ soft.T - target).square().mean() / target_power
+        loss = reconstruction
+        if beta is not None:
+            loss = loss + regularization * (1 - (2 * _rectified_sigmoid(variable) - 1).abs().pow(beta)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        chosen = torch.where(_rectified_sigmoid(variable) >= 0.5, upper, lower)
+    codes = encode(chosen, fmt)
+    return PackedWeight(pack(codes, fmt), scales, fmt, packed_like.granularity, packed_like.group_size, shape)
+
+
+def _beta(iteration: int, iterations: int) -> float | None:
+    """No rounding penalty for the first 20% (warm-up), then beta from 20 down to 2."""
+    warmup = int(0.2 * iterations)
+    if iteration < warmup:
+        return None
+    progress = (iteration - warmup) / max(1, iterations - warmup)
+    return 20 - 18 * progress
