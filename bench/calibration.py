@@ -8,7 +8,7 @@ layers whose input absmax varies most across buckets, absmax and RMS per bucket:
 static activation scale would be off at some timesteps.
 `cost`: wall time and peak RSS of the plain run vs the same run inside the collector, for
 builtin:digits (64 samples x 25 steps) and a full-size SD1.5 UNet built from its published config
-with random weights (4 samples x 20 DDIM steps at 512px, CFG batch 8, random text embeddings).
+with random weights (4 samples x 20 DDIM steps at 256px, CFG batch 8, random text embeddings).
 Each measurement runs in a fresh subprocess so peak RSS belongs to that run alone.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _sd15_run(collect_stats: bool) -> None:
     unet = UNet2DConditionModel(cross_attention_dim=768).eval()  # the other defaults are SD1.5's
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     text = torch.randn(8, 77, 768)
-    latents = torch.randn(4, 4, 64, 64)
+    latents = torch.randn(4, 4, 32, 32)  # 256px: 512px takes ~20 min per pass on 2 cores
     scheduler.set_timesteps(20)
 
     def loop(denoiser):
@@ -118,7 +118,7 @@ def cost(models: list[str]) -> dict:
         print(rows[-1], flush=True)
     return {**_header("python bench/calibration.py cost " + " ".join(models)), "rows": rows,
             "workloads": {"digits": "builtin:digits, 64 samples x 25 DDIM steps, batch 64, 8 buckets, reservoir 8",
-                          "sd15": "SD1.5 UNet (random weights), 4 samples x 20 DDIM steps, 512px, CFG batch 8, "
+                          "sd15": "SD1.5 UNet (random weights), 4 samples x 20 DDIM steps, 256px (32x32 latents), CFG batch 8, "
                                   "8 buckets, reservoir 2"}}
 
 

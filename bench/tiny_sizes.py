@@ -1,6 +1,9 @@
-"""Weight bytes before/after and output SQNR per preset on the tiny test architectures (CPU).
+"""Every preset on the tiny test architectures (CPU): weight bytes before/after, output SQNR vs
+float, and a save -> load round trip that must reproduce the output bit for bit.
 
     python bench/tiny_sizes.py        # writes bench/results/tiny-architectures.json
+
+Presets with calibration-driven methods calibrate on a forward loop over 4 timesteps.
 
 Tiny random-init models (tests/tiny_models.py) keep many small layers on the skip list, so their
 ratios understate what full-size models get; they show that every architecture goes through.
@@ -19,25 +22,50 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import tiny_models  # noqa: E402
 
+import tempfile  # noqa: E402
+
+import diffpress  # noqa: E402
 from diffpress.api import tensor_bytes  # noqa: E402
-from diffpress.compress.swap import quantize_  # noqa: E402
+from diffpress.calibration import calibrate  # noqa: E402
+from diffpress.compress.ptq import quantize_model  # noqa: E402
 from diffpress.metrics import sqnr_db  # noqa: E402
-from diffpress.recipe import PRESETS, preset  # noqa: E402
+from diffpress.recipe import PRESETS, preset_recipe  # noqa: E402
+
+
+def _forward_loop(inputs, timesteps):
+    @torch.no_grad()
+    def loop(denoiser):
+        batch = next(v for v in inputs.values() if v.dim() > 1).shape[0]
+        for t in timesteps:
+            denoiser(**{**inputs, "timestep": torch.full((batch,), float(t))})
+    return loop
+
+
+def _timesteps(arch):
+    return [0.9, 0.6, 0.3, 0.05] if arch == "flux" else [900, 600, 300, 50]
 
 
 def main() -> None:
     rows = []
     for arch in tiny_models.ARCHITECTURES:
+        model, inputs = tiny_models.build(arch)
+        run_inputs = {**inputs, "timestep": torch.full_like(inputs["timestep"], _timesteps(arch)[1])}
+        calibration = calibrate(model, forward_loop=_forward_loop(inputs, _timesteps(arch)), buckets=4,
+                                reservoir_size=1)
         for name in PRESETS:
-            model, inputs = tiny_models.build(arch)
-            reference = tiny_models.run(model, inputs)
+            model, _ = tiny_models.build(arch)
+            reference = tiny_models.run(model, run_inputs)
             before = tensor_bytes(model)
-            report = quantize_(model, preset(name))
+            report = quantize_model(model, preset_recipe(name), calibration, rounding_iterations=100)
+            output = tiny_models.run(model, run_inputs)
+            with tempfile.TemporaryDirectory() as scratch:
+                diffpress.save(model, f"{scratch}/out")
+                reloaded_equal = torch.equal(tiny_models.run(diffpress.load(f"{scratch}/out"), run_inputs), output)
             rows.append({"shape": arch, "format": name, "bytes_before": before, "bytes_after": tensor_bytes(model),
                          "size_ratio": round(before / tensor_bytes(model), 2), "quantized_layers": len(report.quantized),
-                         "skipped_layers": len(report.skipped),
-                         "output_sqnr_db": round(sqnr_db(reference, tiny_models.run(model, inputs)), 2)})
-            print(rows[-1])
+                         "skipped_layers": len(report.skipped), "output_sqnr_db": round(sqnr_db(reference, output), 2),
+                         "save_load_bit_exact": reloaded_equal})
+            print(rows[-1], flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"device": f"CPU ({platform.machine()})", "torch": torch.__version__, "date": date.today().isoformat(),
               "commit": commit, "command": "python bench/tiny_sizes.py", "rows": rows}

@@ -82,3 +82,9 @@ def test_spec_validation_names_the_problem():
     with pytest.raises(ValueError, match="act_format must be an 8-bit format"):
         QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT4)
     assert QuantSpec.from_dict(preset("w4a16-int4").to_dict()) == preset("w4a16-int4")
+
+
+def test_quantize_refuses_plans_it_cannot_apply():
+    model, _ = tiny_models.build("pixart")
+    with pytest.raises(ValueError, match="quantize_model"):
+        quantize_(model, preset("w4a8-int"))  # learned rounding + smoothing need calibration data

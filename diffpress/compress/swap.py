@@ -68,6 +68,9 @@ def quantize_(model: nn.Module, spec: QuantSpec | Recipe | Callable[[str], Quant
         if layer_spec is None:
             report.skipped[fqn] = reason
             continue
+        if layer_spec.needs_calibration or layer_spec.low_rank:
+            raise ValueError(f"{fqn}: plan '{layer_spec.describe()}' uses methods quantize_ does not apply; use "
+                             "diffpress.compress.ptq.quantize_model(model, recipe, calibration_set)")
         set_submodule(model, fqn, quantized_module(module, layer_spec))
         report.quantized.append(fqn)
     return report
