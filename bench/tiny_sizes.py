@@ -32,13 +32,6 @@ from diffpress.metrics import sqnr_db  # noqa: E402
 from diffpress.recipe import PRESETS, preset_recipe  # noqa: E402
 
 
-def _forward_loop(inputs, timesteps):
-    @torch.no_grad()
-    def loop(denoiser):
-        batch = next(v for v in inputs.values() if v.dim() > 1).shape[0]
-        for t in timesteps:
-            denoiser(**{**inputs, "timestep": torch.full((batch,), float(t))})
-    return loop
 
 
 def _timesteps(arch):
@@ -50,7 +43,7 @@ def main() -> None:
     for arch in tiny_models.ARCHITECTURES:
         model, inputs = tiny_models.build(arch)
         run_inputs = {**inputs, "timestep": torch.full_like(inputs["timestep"], _timesteps(arch)[1])}
-        calibration = calibrate(model, forward_loop=_forward_loop(inputs, _timesteps(arch)), buckets=4,
+        calibration = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, _timesteps(arch)), buckets=4,
                                 reservoir_size=1)
         for name in PRESETS:
             model, _ = tiny_models.build(arch)

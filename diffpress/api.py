@@ -138,20 +138,11 @@ def save_grid(result, path: str | Path) -> Path:
 
 def load_pipeline(model: str | Path):
     """An uncompressed pipeline from a pipeline directory or builtin:NAME (for calibration)."""
-    from diffusers import DiffusionPipeline
-
-    from .zoo import pipeline_classes
-
     source = checkpoints.resolve(model)
     if not source.is_pipeline:
         raise InputError(f"{source.root}: calibration drives a pipeline; pass a pipeline directory "
                          "(model_index.json) or builtin:NAME, or use diffpress.calibrate(denoiser, forward_loop=...)")
-    name = checkpoints.read_json(source.root / "model_index.json").get("_class_name")
-    cls = pipeline_classes().get(name, DiffusionPipeline)
-    try:
-        return cls.from_pretrained(source.root, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{source.root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None
+    return checkpoints.load_pipeline(source.root)
 
 
 def calibrate_to_file(model: str | Path, out: str | Path, prompts: list[str] | None, labels: list[int] | None,

@@ -156,3 +156,21 @@ def build_on_meta(checkpoint: Checkpoint) -> torch.nn.Module:
     config = read_json(checkpoint.denoiser_dir / "config.json")
     with torch.device("meta"):
         return cls.from_config(config)
+
+
+def pipeline_class(root: Path) -> type:
+    """The class to load a pipeline directory with: a diffpress pipeline by its _class_name, else diffusers'."""
+    from diffusers import DiffusionPipeline
+
+    from .zoo import pipeline_classes
+
+    return pipeline_classes().get(read_json(root / "model_index.json").get("_class_name"), DiffusionPipeline)
+
+
+def load_pipeline(root: Path, **components):
+    """Load a pipeline directory offline from safetensors; `components` replace loaded ones."""
+    try:
+        return pipeline_class(root).from_pretrained(root, use_safetensors=True, local_files_only=True,
+                                                    low_cpu_mem_usage=False, **components)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None

@@ -62,16 +62,14 @@ class EvalResult:
 
 def load_reference_pipeline(model: str | Path):
     """The uncompressed pipeline and the directory it came from (which holds the eval kit)."""
-    from .zoo.digits import CLASSIFIER_FILE, DigitsPipeline
+    from .zoo.digits import CLASSIFIER_FILE
 
     source = checkpoints.resolve(model)
     if not (source.is_pipeline and (source.root / CLASSIFIER_FILE).is_file()):
         from .zoo import BUILTINS
         raise InputError(f"{source.root}: eval needs a pipeline that ships an evaluation classifier "
                          f"({CLASSIFIER_FILE}); available: " + ", ".join(f"builtin:{n}" for n in BUILTINS))
-    pipe = DigitsPipeline.from_pretrained(source.root, use_safetensors=True, local_files_only=True,
-                                          low_cpu_mem_usage=False)
-    return pipe, source.root
+    return checkpoints.load_pipeline(source.root), source.root
 
 
 def evaluate(model: str | Path, compressed: str | Path | None = None,

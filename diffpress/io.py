@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .checkpoint import Checkpoint, check_safetensors, read_json
+from .checkpoint import Checkpoint, check_safetensors, load_pipeline, read_json
 from .compress.modules import OPTIONAL_BUFFERS, QuantConv2d, QuantLinear
 from .compress.swap import set_submodule
 from .errors import InputError, IntegrityError, OutputExistsError
@@ -220,22 +220,7 @@ def load(path: str | Path, **pipeline_kwargs):
     component = manifest.get("denoiser_component")
     if not component:
         return load_model(root)
-    model = load_model(root / component)
-    try:
-        return _pipeline_class(root).from_pretrained(root, **{component: model}, use_safetensors=True,
-                                                       local_files_only=True, low_cpu_mem_usage=False,
-                                                       **pipeline_kwargs)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None
-
-
-def _pipeline_class(root: Path) -> type:
-    from diffusers import DiffusionPipeline
-
-    from .zoo import pipeline_classes
-
-    name = read_json(root / "model_index.json").get("_class_name")
-    return pipeline_classes().get(name, DiffusionPipeline)
+    return load_pipeline(root, **{component: load_model(root / component)}, **pipeline_kwargs)
 
 
 def load_model(directory: Path) -> nn.Module:

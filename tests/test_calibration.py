@@ -54,19 +54,13 @@ def _capture_inputs(model, layer_name):
     return captured, handle
 
 
-def _loop(inputs, timesteps):
-    @torch.no_grad()
-    def forward_loop(denoiser):
-        for t in timesteps:
-            denoiser(**{**inputs, "timestep": torch.full((2,), float(t))})
-    return forward_loop
 
 
 def test_bucket_statistics_equal_direct_computation():
     model, inputs = tiny_models.build("unet2d_condition")
     layer = "down_blocks.0.resnets.0.conv1"
     captured, handle = _capture_inputs(model, layer)
-    calibration = calibrate(model, forward_loop=_loop(inputs, [900, 880, 100]), buckets=4)
+    calibration = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 880, 100]), buckets=4)
     handle.remove()
     high = torch.cat([x.movedim(1, -1).reshape(-1, x.shape[1]) for x in captured[:2]])  # the two bucket-3 calls
     stats = calibration.stats[(layer, 3)]
@@ -87,10 +81,10 @@ def test_linear_statistics_use_the_last_dimension():
 def test_merged_partial_runs_equal_one_full_run():
     model, inputs = tiny_models.build("pixart")
     timesteps = [950, 700, 420, 130, 20]
-    full = calibrate(model, forward_loop=_loop(inputs, timesteps), buckets=4, reservoir_size=0)
-    first = calibrate(model, forward_loop=_loop(inputs, timesteps[:2]), buckets=4, reservoir_size=0)
-    second = calibrate(model, forward_loop=_loop(inputs, timesteps[2:4]), buckets=4, reservoir_size=0)
-    third = calibrate(model, forward_loop=_loop(inputs, timesteps[4:]), buckets=4, reservoir_size=0)
+    full = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps), buckets=4, reservoir_size=0)
+    first = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps[:2]), buckets=4, reservoir_size=0)
+    second = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps[2:4]), buckets=4, reservoir_size=0)
+    third = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps[4:]), buckets=4, reservoir_size=0)
     for merged in (first.merge(second).merge(third), first.merge(second.merge(third))):
         assert merged.timesteps == full.timesteps and set(merged.stats) == set(full.stats)
         for key, stats in full.stats.items():
@@ -127,9 +121,9 @@ def test_same_seed_identical_set_and_exact_save_load(digits_pipe, tmp_path, stra
 def test_reservoir_is_bounded_per_bucket_and_ndtc_prefers_its_mean():
     model, inputs = tiny_models.build("pixart")
     timesteps = list(range(999, 0, -37))
-    uniform = calibrate(model, forward_loop=_loop(inputs, timesteps), buckets=4, reservoir_size=2)
+    uniform = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps), buckets=4, reservoir_size=2)
     assert all(len(entries) == 2 for entries in uniform.reservoir.values()) and len(uniform.reservoir) == 4
-    ndtc = calibrate(model, forward_loop=_loop(inputs, timesteps * 4), buckets=4, reservoir_size=50,
+    ndtc = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps * 4), buckets=4, reservoir_size=50,
                      strategy=Strategy("ndtc", ndtc_mean=0.2, ndtc_std=0.1))
     counts = {bucket: len(entries) for bucket, entries in ndtc.reservoir.items()}
     assert counts.get(0, 0) > counts.get(3, 0)
@@ -146,7 +140,7 @@ def test_eda_picks_dense_and_diverse_points():
 def test_spill_to_disk(tmp_path):
     model, inputs = tiny_models.build("pixart")
     with collect(model, buckets=2, reservoir_size=1, spill_dir=tmp_path / "spill") as calib:
-        _loop(inputs, [900, 800, 100])(model)
+        tiny_models.timestep_loop(inputs, [900, 800, 100])(model)
     files = list((tmp_path / "spill").glob("*.safetensors"))
     assert len(files) == 2  # one kept call per bucket; evicted calls are deleted
     assert all(not e.tensors and e.path for es in calib.result.reservoir.values() for e in es)
@@ -159,7 +153,7 @@ def test_no_hook_left_after_an_exception():
     before = _hook_count(model)
     with pytest.raises(RuntimeError, match="boom"):
         with collect(model):
-            _loop(inputs, [500])(model)
+            tiny_models.timestep_loop(inputs, [500])(model)
             raise RuntimeError("boom")
     assert _hook_count(model) == before
 
@@ -169,7 +163,7 @@ def test_non_finite_input_names_layer_and_timestep():
     with torch.no_grad():
         model.transformer_blocks[1].ff.net[0].proj.weight[0, 0] = float("nan")
     with pytest.raises(CalibrationError, match=r"transformer_blocks\.1\.ff\.net\.2.*timestep 500"):
-        calibrate(model, forward_loop=_loop(inputs, [500]))
+        calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [500]))
     assert _hook_count(model) == 0
 
 

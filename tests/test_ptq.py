@@ -21,18 +21,12 @@ from diffpress.recipe import QuantSpec, Recipe
 W4A8 = dict(weight_format="int4", granularity="per_group", group_size=32, act_format="int8", scale_method="mse")
 
 
-def _loop(inputs, timesteps):
-    @torch.no_grad()
-    def forward_loop(denoiser):
-        for t in timesteps:
-            denoiser(**{**inputs, "timestep": torch.full((2,), float(t))})
-    return forward_loop
 
 
 @pytest.fixture(scope="module")
 def pixart_calibrated():
     model, inputs = tiny_models.build("pixart")
-    calibration = calibrate(model, forward_loop=_loop(inputs, [950, 600, 300, 40]), buckets=4, reservoir_size=1)
+    calibration = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [950, 600, 300, 40]), buckets=4, reservoir_size=1)
     return model, inputs, calibration
 
 
@@ -108,7 +102,7 @@ def test_static_scales_follow_the_bucket(pixart_calibrated):
     layer = quantized.get_submodule(fqn)
     seen = []
     layer.register_forward_pre_hook(lambda m, a: seen.append(m.timestep_tracker.bucket))
-    _loop(inputs, [950, 40])(quantized)
+    tiny_models.timestep_loop(inputs, [950, 40])(quantized)
     assert seen == [3, 0]
     with pytest.raises(diffpress.DiffpressError, match="call it through its denoiser"):
         layer(torch.randn(2, 128))

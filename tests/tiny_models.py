@@ -78,3 +78,13 @@ def build(name: str, seed: int = 0):
 @torch.no_grad()
 def run(model, inputs) -> torch.Tensor:
     return model(**inputs, return_dict=False)[0]
+
+
+def timestep_loop(inputs: dict, timesteps):
+    """A forward_loop for calibrate(): one denoiser call per timestep, the whole batch at that timestep."""
+    @torch.no_grad()
+    def forward_loop(denoiser):
+        batch = inputs["timestep"].shape[0]
+        for t in timesteps:
+            denoiser(**{**inputs, "timestep": torch.full((batch,), float(t))})
+    return forward_loop
