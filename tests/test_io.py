@@ -102,8 +102,8 @@ def test_config_naming_a_layer_the_model_lacks(tmp_path):
     out, _, _ = _saved(tmp_path)
     manifest = json.loads((out / "diffpress_manifest.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    config["quantization_config"]["layers"]["not.a.layer"] = config["quantization_config"]["layers"]["proj_out"] \
-        if "proj_out" in config["quantization_config"]["layers"] else next(iter(config["quantization_config"]["layers"].values()))
+    layers = config["quantization_config"]["layers"]
+    layers["not.a.layer"] = next(iter(layers.values()))
     (out / "config.json").write_text(json.dumps(config))
     manifest["sha256"].pop("config.json")  # simulate an edited config that slipped past the manifest
     (out / "diffpress_manifest.json").write_text(json.dumps(manifest))

@@ -76,12 +76,17 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, spec: QuantSpec, weight: torch.Tensor | None = None) -> "QuantLinear":
-        """Quantize `linear` (or `weight`, an already transformed (N, K) weight) with `spec`."""
+    def from_float(cls, linear: nn.Linear, spec: QuantSpec) -> "QuantLinear":
+        """Quantize `linear` with `spec` (nearest rounding)."""
+        packed = quantize_weight(linear.weight.detach(), spec.weight_format, spec.granularity, spec.group_size,
+                                 spec.scale_method)
+        return cls.from_packed(linear, spec, packed)
+
+    @classmethod
+    def from_packed(cls, linear: nn.Linear, spec: QuantSpec, packed: PackedWeight) -> "QuantLinear":
+        """A QuantLinear holding `packed` (quantized elsewhere) and `linear`'s bias."""
         module = cls.empty_like(linear, spec)
-        weight = linear.weight.detach() if weight is None else weight
-        module.set_packed(quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size,
-                                          spec.scale_method))
+        module.set_packed(packed)
         if linear.bias is not None:
             module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         return module
@@ -117,11 +122,17 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         self.bias = nn.Parameter(torch.empty_like(bias, device="meta"), requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec, weight: torch.Tensor | None = None) -> "QuantConv2d":
-        """Quantize `conv` (or `weight`, an already transformed flattened (N, K) weight) with `spec`."""
+    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec) -> "QuantConv2d":
+        """Quantize `conv` with `spec` (nearest rounding)."""
+        flat = conv.weight.detach().reshape(conv.weight.shape[0], -1)
+        packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
+        return cls.from_packed(conv, spec, packed)
+
+    @classmethod
+    def from_packed(cls, conv: nn.Conv2d, spec: QuantSpec, packed: PackedWeight) -> "QuantConv2d":
+        """A QuantConv2d holding `packed` (quantized elsewhere, flattened (N, K)) and `conv`'s bias."""
         module = cls(conv, spec)
-        flat = conv.weight.detach().reshape(conv.weight.shape[0], -1) if weight is None else weight
-        module.set_packed(quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method))
+        module.set_packed(packed)
         if conv.bias is not None:
             module.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         return module

@@ -7,7 +7,7 @@ calibration statistics when the plan asks for them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -54,8 +54,8 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     if needing and calibration is None:
         raise ValueError(f"{len(needing)} layers use calibration-driven methods (e.g. {sorted(needing)[0]}); "
                          "pass a CalibrationSet")
-    inputs = capture_layer_inputs(denoiser, calibration, _needs_inputs(plans), progress=progress) \
-        if _needs_inputs(plans) else {}
+    wanted = _needs_inputs(plans)
+    inputs = capture_layer_inputs(denoiser, calibration, wanted, progress=progress) if wanted else {}
     tracker = attach_tracker(denoiser, calibration.buckets) if _any_static(plans) else None
     for fqn, (module, plan) in tqdm(plans.items(), desc="quantize", unit="layer", disable=not progress):
         quantized = quantize_layer(LayerContext(fqn, module, plan, calibration, inputs.get(fqn)), rounding_iterations)
@@ -69,7 +69,6 @@ def _usable_plan(plan: QuantSpec, module: nn.Module) -> QuantSpec:
     """Drop methods a layer's shape cannot take (grouped convs: no smoothing or low-rank branch)."""
     if supports_smoothing(module):
         return plan
-    from dataclasses import replace
     return replace(plan, smoothing=None, low_rank=0)
 
 
@@ -91,8 +90,7 @@ def quantize_layer(context: LayerContext, rounding_iterations: int = 300) -> nn.
     if low_rank is not None:
         weight = low_rank[2]
     packed = _pack(context, weight, factors, low_rank, rounding_iterations)
-    quantized = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_float(module, spec, weight=weight)
-    quantized.set_packed(packed)
+    quantized = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_packed(module, spec, packed)
     quantized.set_optional("smooth", factors)
     if low_rank is not None:
         quantized.set_optional("lora_down", low_rank[0].to(module.weight.dtype))
