@@ -5,7 +5,10 @@
 For w4a8-int (INT4 g128 weights, INT8 per-token activations) and w4a8-fp4 (FP4 block-16 weights,
 FP8 activations), each row adds one method to the previous: rtn (absmax, nearest) -> + clipping
 (MSE scale search) -> + smoothing (searched per layer) -> + reconstruction (learned rounding) ->
-+ low-rank (rank 8). Then W8A8 INT8/FP8 with and without smoothing. One calibration set
++ low-rank (rank 8); "+shortcut split" adds shortcut splitting to the reconstruction row; "+block reconstruction"
+replaces the layer-wise learned rounding of that row with block-wise (BRECQ). Then
+W8A8 INT8/FP8 with and without smoothing, and with static per-bucket activation scales with and
+without shortcut splitting (where Q-Diffusion found splitting matters most). One calibration set
 (32 samples x 25 steps, 8 buckets, 4 calls kept per bucket, seed 0) serves every row; reference
 and compressed samples share labels, seeds and noise; the reference is sampled once.
 """
@@ -41,9 +44,13 @@ def ladders() -> list[tuple[str, QuantSpec]]:
         steps.append(("+smoothing", replace(steps[-1][1], smoothing="auto")))
         steps.append(("+reconstruction", replace(steps[-1][1], rounding="learned")))
         steps.append(("+low-rank", replace(steps[-1][1], low_rank=8)))
+        steps.append(("+shortcut split", replace(steps[-2][1], split_shortcuts=True)))
+        steps.append(("+block reconstruction", replace(steps[2][1], rounding="block")))
         rows += [(f"{name} {label}", spec) for label, spec in steps]
     for name in ("w8a8-int8", "w8a8-fp8"):
         rows += [(f"{name} rtn", preset(name + "-rtn")), (f"{name} +smoothing", replace(preset(name), smoothing="auto"))]
+        static = replace(preset(name + "-rtn"), act_mode="static")
+        rows += [(f"{name} static", static), (f"{name} static +shortcut split", replace(static, split_shortcuts=True))]
     return rows
 
 

@@ -20,6 +20,11 @@ _EXPORTS = {
     "QuantFormat": "diffpress.formats",
     "Granularity": "diffpress.formats",
     "DiffpressError": "diffpress.errors",
+    "sensitivity": "diffpress.api",
+    "allocate": "diffpress.api",
+    "Budget": "diffpress.compress.allocate",
+    "SensitivityOptions": "diffpress.compress.sensitivity",
+    "SensitivityReport": "diffpress.compress.sensitivity",
 }
 
 __all__ = ["__version__", *_EXPORTS]

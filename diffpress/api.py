@@ -1,6 +1,7 @@
 """The verbs behind the CLI: each takes paths and options, returns a result object, prints nothing."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from .compress.swap import QuantizationReport
 from .errors import InputError
 from .recipe import Recipe, preset_recipe
 
+MIXED_PRESET = "mixed"  # compress.allocate.MIXED_PRESET, repeated so this module imports nothing heavy
+
 
 @dataclass
 class CompressionResult:
@@ -24,6 +27,7 @@ class CompressionResult:
     bytes_before: int
     bytes_after: int
     seconds: float
+    allocation: object | None = None  # compress.allocate.Allocation for preset `mixed`
 
 
 def tensor_bytes(model: nn.Module) -> int:
@@ -47,31 +51,178 @@ class CalibrationOptions:
 
 def compress(model: str | Path, preset_name: str | None, out: str | Path, overwrite: bool = False,
              progress: bool = False, recipe: Recipe | str | Path | None = None,
-             calibration: CalibrationOptions = CalibrationOptions()) -> CompressionResult:
+             calibration: CalibrationOptions = CalibrationOptions(),
+             mixed: "MixedOptions | None" = None) -> CompressionResult:
     """Calibrate (when the recipe's methods need it), quantize the denoiser of MODEL and save it to `out`.
 
     The recipe used (a preset is one too) is saved as recipe.yaml in the output directory; writes
-    are atomic.
+    are atomic. Preset `mixed` (with `mixed=MixedOptions(avg_bits=...)`) calibrates, measures
+    per-layer sensitivity, allocates formats by integer program and saves the resulting
+    exact-name recipe (and allocation.json beside it).
     """
     started = time.perf_counter()
     if (preset_name is None) == (recipe is None):
         raise InputError("give exactly one of a preset or a recipe")
-    spec = recipe if isinstance(recipe, Recipe) else load_recipe(preset_name, recipe)
+    if (preset_name == MIXED_PRESET) != (mixed is not None):
+        raise InputError("preset 'mixed' needs a budget (--avg-bits B or --max-bytes N), and a budget needs "
+                         "preset 'mixed'")
     source = checkpoints.resolve(model)
     _refuse_compressed(source)
     io.check_output(Path(out), overwrite, (source.root,))
-    calibration_set, denoiser = _calibration_for(model, source, spec, calibration, progress)
+    allocation = None
+    if mixed is not None:
+        spec, allocation, calibration_set, denoiser = _mixed_recipe(model, source, mixed, calibration, progress)
+    else:
+        spec = recipe if isinstance(recipe, Recipe) else load_recipe(preset_name, recipe)
+        calibration_set, denoiser = _calibration_for(model, source, spec, calibration, progress)
     bytes_before = tensor_bytes(denoiser)
     from .compress.ptq import quantize_model
 
     report = quantize_model(denoiser, spec, calibration_set, progress=progress)
     if not report.quantized:
         raise InputError(f"{source.denoiser_dir}: no layer to quantize (every Linear/Conv2d is on the skip list)")
+    attachments = {"recipe.yaml": spec.to_yaml()}
+    if allocation is not None:
+        attachments["allocation.json"] = json.dumps(allocation.to_dict(), indent=1) + "\n"
     saved = io.save(denoiser, out, source=source, overwrite=overwrite,
                     extra={"preset": preset_name, "recipe": spec.to_dict(), "skipped": report.skipped},
-                    attachments={"recipe.yaml": spec.to_yaml()})
+                    attachments=attachments)
     return CompressionResult(type(denoiser).__name__, saved, preset_name or "recipe", report, bytes_before,
-                             tensor_bytes(denoiser), time.perf_counter() - started)
+                             tensor_bytes(denoiser), time.perf_counter() - started, allocation)
+
+
+# ------------------------------------------------------------------ sensitivity and mixed precision
+
+
+@dataclass(frozen=True)
+class MixedOptions:
+    """`compress --preset mixed`: a size budget (exactly one of avg_bits, max_bytes), candidates, method.
+
+    methods: "full" quantizes each layer with its chosen preset's full methods (learned rounding for
+    w4a8-int: minutes), "rtn" with the round-to-nearest variants sensitivity was measured with.
+    latency_table: JSON file candidate -> cost per weight element (a kernel benchmark); with
+    max_latency it bounds the summed cost (without a table: stored bytes stand in).
+    """
+
+    avg_bits: float | None = None
+    max_bytes: int | None = None
+    max_latency: float | None = None
+    candidates: tuple[str, ...] = ("w4a8-int", "w8a8-int8")
+    calls_per_bucket: int = 2
+    methods: str = "full"
+    latency_table: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.methods not in ("full", "rtn"):
+            raise InputError(f"methods {self.methods!r} is not one of: full, rtn")
+
+    @property
+    def budget(self):
+        from .compress.allocate import Budget
+
+        return Budget(self.avg_bits, self.max_bytes, self.max_latency)
+
+
+def _mixed_recipe(model, source, mixed: MixedOptions, options: CalibrationOptions, progress: bool):
+    """(recipe, allocation, calibration set, float denoiser) for preset `mixed`."""
+    from .compress.sensitivity import SensitivityOptions
+
+    budget = mixed.budget  # validate before the long part
+    calibration_set, pipe = _calibration_set(model, source, options, progress)
+    report = measure_sensitivity(pipe, calibration_set,
+                                 SensitivityOptions(mixed.candidates, mixed.calls_per_bucket, 0, progress=progress))
+    allocation = allocate(report, budget, latency_table=mixed.latency_table)
+    from .calibration import find_denoiser
+
+    return allocation.to_recipe(fast=mixed.methods == "rtn"), allocation, calibration_set, find_denoiser(pipe)
+
+
+def _calibration_set(model, source, options: CalibrationOptions, progress: bool):
+    """(CalibrationSet with a reservoir, the pipeline) from a saved file or by calibrating now."""
+    from .calibration import CalibrationSet, calibrate
+
+    if not source.is_pipeline:
+        raise InputError(f"{source.root}: sensitivity replays calibration calls and samples images; pass a "
+                         "pipeline directory or builtin:NAME")
+    pipe = load_pipeline(model)
+    if options.calibration_file is not None:
+        return CalibrationSet.load(options.calibration_file), pipe
+    items = options.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
+    if not items:
+        raise InputError("sensitivity needs calibration data: give --calib-prompts FILE, --calib-labels or "
+                         "--calibration FILE")
+    calibration_set = calibrate(pipe, list(items), num_inference_steps=options.steps,
+                                num_samples=options.num_samples, seed=options.seed, buckets=options.buckets,
+                                strategy=options.strategy, reservoir_size=options.reservoir_size, progress=progress)
+    return calibration_set, pipe
+
+
+def pipeline_image_probe(pipe, items, num_samples: int = 8, steps: int = 10, seed: int = 0):
+    """A probe for the image metric: `num_samples` samples, `steps` steps, generator seeded `seed`."""
+    import inspect
+
+    chunk = [items[i % len(items)] for i in range(num_samples)]
+    takes_labels = "class_labels" in inspect.signature(pipe.__call__).parameters
+
+    @torch.no_grad()
+    def probe(denoiser) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        if takes_labels:
+            return pipe(class_labels=chunk, num_inference_steps=steps, generator=generator)
+        result = pipe(prompt=list(chunk), num_inference_steps=steps, generator=generator, output_type="pt")
+        return torch.as_tensor(result.images if hasattr(result, "images") else result[0])
+    return probe
+
+
+def measure_sensitivity(pipe, calibration_set, options, image_samples: int = 8, image_steps: int = 10,
+                        items=None):
+    """Sensitivity of the pipeline's denoiser on `calibration_set`; the image metric samples the pipeline."""
+    from .calibration import find_denoiser
+    from .compress.sensitivity import measure_sensitivity as measure
+
+    probe = None
+    if options.image_layers and items:
+        probe = pipeline_image_probe(pipe, list(items), image_samples, image_steps)
+    return measure(find_denoiser(pipe), calibration_set, options, probe)
+
+
+def sensitivity(model: str | Path, options=None, calibration: CalibrationOptions = CalibrationOptions(),
+                image_samples: int = 8, image_steps: int = 10, progress: bool = False):
+    """Calibrate MODEL (or load --calibration) and measure per-layer, per-bucket sensitivity (MixDQ)."""
+    from .compress.sensitivity import SensitivityOptions
+
+    options = options or SensitivityOptions(progress=progress)
+    source = checkpoints.resolve(model)
+    calibration_set, pipe = _calibration_set(model, source, calibration, progress)
+    items = calibration.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
+    report = measure_sensitivity(pipe, calibration_set, options, image_samples, image_steps, items)
+    report.info.update({"model": str(model), "calibration": {"samples": calibration.num_samples,
+                        "steps": calibration.steps, "buckets": calibration.buckets,
+                        "reservoir_per_bucket": calibration.reservoir_size, "seed": calibration.seed}})
+    return report
+
+
+def allocate(report, budget, candidates=None, latency_table: str | Path | dict | None = None, weights=None):
+    """Choose one candidate per layer under `budget` (compress.allocate.Budget) by 0/1 integer program."""
+    from .compress.allocate import allocate as solve, choices_from_report, load_latency_table
+
+    table = load_latency_table(latency_table) if isinstance(latency_table, (str, Path)) else latency_table
+    return solve(choices_from_report(report, candidates, table, weights), budget)
+
+
+def sensitivity_report(model: str | Path, out: str | Path, options=None,
+                       calibration: CalibrationOptions = CalibrationOptions(), avg_bits: float = 5.0,
+                       top_k: int = 5, image_samples: int = 8, image_steps: int = 10, overwrite: bool = False,
+                       progress: bool = False):
+    """Measure sensitivity and write DIR/report.json, report.html (self-contained) and report.md."""
+    from .report import write_report
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        from .errors import OutputExistsError
+        raise OutputExistsError(f"{out} exists and is not empty; pass --overwrite to replace its report")
+    report = sensitivity(model, options, calibration, image_samples, image_steps, progress)
+    return write_report(report, out, avg_bits=avg_bits, top_k=top_k)
 
 
 def _needs_calibration(recipe: Recipe) -> bool:

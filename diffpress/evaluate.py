@@ -76,19 +76,45 @@ def evaluate(model: str | Path, compressed: str | Path | None = None,
              settings: EvalSettings = EvalSettings(), progress: bool = False) -> EvalResult:
     """Compare the compressed pipeline (if given) with MODEL on identical seeds and noise."""
     from . import io
+
+    reference = sample_reference(model, settings, progress)
+    if compressed is None:
+        return EvalResult(reference.metrics, None, reference.images, None)
+    return evaluate_pipeline(reference, io.load(compressed), progress)
+
+
+@dataclass
+class ReferenceRun:
+    """The reference side of an evaluation, sampled once: any number of candidates can be compared with it."""
+
+    settings: EvalSettings
+    labels: torch.Tensor
+    noise: torch.Tensor
+    images: torch.Tensor
+    metrics: SideMetrics
+    classifier: torch.nn.Module
+    real_features: dict
+
+
+def sample_reference(model: str | Path, settings: EvalSettings = EvalSettings(),
+                     progress: bool = False) -> ReferenceRun:
+    """Sample MODEL's own pipeline with the settings' labels and noise and score it."""
     from .zoo.digits import load_eval_kit
 
     reference_pipe, root = load_reference_pipeline(model)
     classifier, real_features = load_eval_kit(root)
     labels, noise = _labels_and_noise(settings)
-    reference_images, reference_seconds = _sample(reference_pipe, labels, noise, settings, progress)
-    reference = _side(None, reference_images, labels, classifier, real_features, reference_pipe, reference_seconds)
-    if compressed is None:
-        return EvalResult(reference, None, reference_images, None)
-    compressed_pipe = io.load(compressed)
-    compressed_images, seconds = _sample(compressed_pipe, labels, noise, settings, progress)
-    side = _side(reference_images, compressed_images, labels, classifier, real_features, compressed_pipe, seconds)
-    return EvalResult(reference, side, reference_images, compressed_images)
+    images, seconds = _sample(reference_pipe, labels, noise, settings, progress)
+    side = _side(None, images, labels, classifier, real_features, reference_pipe, seconds)
+    return ReferenceRun(settings, labels, noise, images, side, classifier, real_features)
+
+
+def evaluate_pipeline(reference: ReferenceRun, pipe, progress: bool = False) -> EvalResult:
+    """Compare an in-memory candidate pipeline (its denoiser compressed by any means) with `reference`."""
+    images, seconds = _sample(pipe, reference.labels, reference.noise, reference.settings, progress)
+    side = _side(reference.images, images, reference.labels, reference.classifier, reference.real_features,
+                 pipe, seconds)
+    return EvalResult(reference.metrics, side, reference.images, images)
 
 
 def _labels_and_noise(settings: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +148,16 @@ def _side(reference_images, images, labels, classifier, real_features, pipe, sec
         ssim=metrics.ssim(to_unit(reference_images), to_unit(images)) if fidelity else None,
         classifier_accuracy=accuracy,
         frechet_distance=metrics.frechet_distance(mean, cov, real_features["mean"], real_features["cov"]),
-        size_bytes=sum(t.numel() * t.element_size() for t in pipe.unet.state_dict().values()),
+        size_bytes=sum(stored_bytes(t) for t in pipe.unet.state_dict().values()),
         seconds=seconds)
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; for a wrapper tensor subclass (a quantized weight), the sum over its inner tensors."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
 
 
 def save_grid(reference_images: torch.Tensor, compressed_images: torch.Tensor, path: Path,

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, load_pipeline, read_json
-from .compress.modules import OPTIONAL_BUFFERS, QuantConv2d, QuantLinear
+from .compress.modules import OPTIONAL_BUFFERS, QuantConv2d, QuantLinear, set_backends
 from .compress.swap import set_submodule
 from .errors import InputError, IntegrityError, OutputExistsError
 from .recipe import QuantSpec
@@ -129,6 +129,8 @@ def layer_plan(model: nn.Module) -> dict[str, dict]:
         if isinstance(module, (QuantLinear, QuantConv2d)):
             kind = "linear" if isinstance(module, QuantLinear) else "conv2d"
             plan[fqn] = {"module": kind, "layout": module.packed.layout.value, **module.spec.to_dict()}
+            if module.act_split:
+                plan[fqn]["act_split"] = module.act_split
     return plan
 
 
@@ -207,11 +209,15 @@ def _copy_pipeline_except(source: Path, target: Path, component: str) -> None:
 
 # ---------------------------------------------------------------- load
 
-def load(path: str | Path, **pipeline_kwargs):
+def load(path: str | Path, backend: str = "auto", device: str | torch.device | None = None, **pipeline_kwargs):
     """Load a compressed model directory (returns the model) or pipeline directory (returns the pipeline).
 
     Checksums are verified first; the model is built on the meta device and the stored tensors are
-    assigned, so forward outputs are bit-identical to the model that was saved.
+    assigned, so forward outputs are bit-identical to the model that was saved. `device` moves the
+    model there; then each quantized layer's `backend` (auto | triton | reference) is resolved once
+    for its device: auto takes triton on a CUDA GPU that can run it, reference otherwise; triton
+    where it cannot run raises DiffpressError with the reason. After moving a model later, call
+    `diffpress.compress.modules.set_backends(model, backend)` to resolve again.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -219,12 +225,12 @@ def load(path: str | Path, **pipeline_kwargs):
     manifest = verify_manifest(root)
     component = manifest.get("denoiser_component")
     if not component:
-        return load_model(root)
-    return load_pipeline(root, **{component: load_model(root / component)}, **pipeline_kwargs)
+        return load_model(root, backend, device)
+    return load_pipeline(root, **{component: load_model(root / component, backend, device)}, **pipeline_kwargs)
 
 
-def load_model(directory: Path) -> nn.Module:
-    """Rebuild one compressed denoiser from `directory` (config.json + safetensors)."""
+def load_model(directory: Path, backend: str = "auto", device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild one compressed denoiser from `directory` (config.json + safetensors); see `load` for backend."""
     import diffusers
 
     config = read_json(directory / CONFIG_NAME)
@@ -246,7 +252,9 @@ def load_model(directory: Path) -> nn.Module:
     _attach_timestep_tracker(model, qconfig.get("timestep_buckets"))
     _materialize_leftover_buffers(model, cls, config)
     _cast_non_persistent_buffers(model, getattr(torch, qconfig.get("torch_dtype", "float32")))
-    return model.eval()
+    if device is not None:
+        model.to(device)
+    return set_backends(model.eval(), backend)
 
 
 def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path,
@@ -255,13 +263,14 @@ def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path,
         entry = dict(entry)
         kind = entry.pop("module")
         entry.pop("layout", None)
+        act_split = entry.pop("act_split", None)
         try:
             float_module = model.get_submodule(fqn)
         except AttributeError:
             raise IntegrityError(f"{directory}: quantization_config names layer {fqn!r}, which the model lacks") from None
         shell_cls = QuantLinear if kind == "linear" else QuantConv2d
         shell = shell_cls.empty_like(float_module, QuantSpec.from_dict(entry))
-        shell.fqn = fqn
+        shell.fqn, shell.act_split = fqn, act_split
         for name in OPTIONAL_BUFFERS:  # placeholders so that assign-loading finds the keys
             stored = state.get(f"{fqn}.{name}")
             if stored is not None:

@@ -38,7 +38,8 @@ class ActMode(str, enum.Enum):
 
 class Rounding(str, enum.Enum):
     NEAREST = "nearest"
-    LEARNED = "learned"
+    LEARNED = "learned"  # layer-wise (AdaRound)
+    BLOCK = "block"  # block-wise (BRECQ); layers outside every block fall back to layer-wise
 
 
 def _parse_enum(enum_type, value, field_name: str):
@@ -58,7 +59,11 @@ class QuantSpec:
     `dynamic` (per token, computed at run time) or `static` (one scale per timestep bucket, from
     calibration). scale_method: absmax or MSE clipping search. The calibration-driven methods:
     smoothing (None off, "auto" searches the migration strength per layer, or a fixed alpha),
-    low_rank (rank of the high-precision branch, 0 off), rounding ("nearest" or "learned").
+    low_rank (rank of the high-precision branch, 0 off), rounding ("nearest", "learned" layer-wise
+    or "block" reconstruction),
+    split_shortcuts (separate activation scales for the two halves of a concatenated input,
+    Q-Diffusion), bos_aware (layers reading the text encoder's output keep the prompt-independent
+    first token's output in high precision, MixDQ).
     """
 
     weight_format: QuantFormat
@@ -70,6 +75,8 @@ class QuantSpec:
     smoothing: float | str | None = None
     low_rank: int = 0
     rounding: Rounding = Rounding.NEAREST
+    split_shortcuts: bool = False
+    bos_aware: bool = False
 
     def __post_init__(self) -> None:
         for name, enum_type in (("weight_format", QuantFormat), ("granularity", Granularity),
@@ -95,11 +102,16 @@ class QuantSpec:
             raise ValueError(f"low_rank must be a rank >= 0, got {self.low_rank!r}")
         if self.act_mode is ActMode.STATIC and self.act_format is None:
             raise ValueError("act_mode static needs act_format")
+        for name in ("split_shortcuts", "bos_aware"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.split_shortcuts and self.act_format is None:
+            raise ValueError("split_shortcuts splits activation quantization: it needs act_format")
 
     @property
     def needs_calibration(self) -> bool:
-        return (self.smoothing is not None or self.rounding is Rounding.LEARNED
-                or self.act_mode is ActMode.STATIC)
+        return (self.smoothing is not None or self.rounding is not Rounding.NEAREST
+                or self.act_mode is ActMode.STATIC or self.split_shortcuts or self.bos_aware)
 
     def to_dict(self) -> dict:
         return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()}
@@ -111,6 +123,9 @@ class QuantSpec:
         methods += [f"smooth={self.smoothing}"] if self.smoothing is not None else []
         methods += [f"lowrank={self.low_rank}"] if self.low_rank else []
         methods += ["learned-rounding"] if self.rounding is Rounding.LEARNED else []
+        methods += ["block-reconstruction"] if self.rounding is Rounding.BLOCK else []
+        methods += ["split-shortcuts"] if self.split_shortcuts else []
+        methods += ["bos-aware"] if self.bos_aware else []
         return f"w:{self.weight_format.value}{group} {self.granularity.value} act:{act} {'+'.join(methods)}"
 
     @classmethod
@@ -126,7 +141,7 @@ def _named(value, allowed: set[str], where: str) -> None:
 
 
 SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method", "act_mode", "smoothing",
-             "low_rank", "rounding"}
+             "low_rank", "rounding", "split_shortcuts", "bos_aware"}
 SKIP = "skip"
 
 
@@ -265,7 +280,7 @@ PRESETS: dict[str, tuple[QuantSpec, str]] = {
 
 def _round_to_nearest(spec: QuantSpec) -> QuantSpec:
     return replace(spec, scale_method=ScaleMethod.ABSMAX, smoothing=None, low_rank=0, rounding=Rounding.NEAREST,
-                   act_mode=ActMode.DYNAMIC)
+                   act_mode=ActMode.DYNAMIC, split_shortcuts=False, bos_aware=False)
 
 
 # Each preset's round-to-nearest baseline: same formats, absmax scales, no method, so what the

@@ -6,6 +6,11 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if not torch.cuda.is_available():
+    # Triton kernels run in its CPU interpreter. Set before anything imports triton (diffusers and
+    # torch.compile do): triton reads the variable then, and a late setting leaves helper functions
+    # compiled for a GPU inside interpreted kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -67,7 +67,7 @@ def test_quantization_config_records_every_layer(tmp_path):
     assert qconfig["layers"]["down_blocks.0.resnets.0.conv1"] == {
         "module": "conv2d", "layout": "nibbles_k_v1", "weight_format": "int4", "granularity": "per_group",
         "group_size": 128, "act_format": None, "scale_method": "mse", "act_mode": "dynamic", "smoothing": None,
-        "low_rank": 0, "rounding": "nearest"}
+        "low_rank": 0, "rounding": "nearest", "split_shortcuts": False, "bos_aware": False}
     assert qconfig["torch_dtype"] == "float32"
     assert config["_class_name"] == "UNet2DConditionModel"
 

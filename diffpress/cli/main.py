@@ -25,9 +25,10 @@ def _preset_lines() -> str:
         "\n  NAME-rtn         round-to-nearest baseline of each preset (absmax scales, no method)"
 
 
-def _add_plan_arguments(parser) -> None:
+def _add_plan_arguments(parser, mixed: bool = False) -> None:
     plan = parser.add_mutually_exclusive_group(required=True)
-    plan.add_argument("--preset", choices=list(PRESETS), metavar="NAME", help="quantization preset (see below)")
+    choices = list(PRESETS) + (["mixed"] if mixed else [])
+    plan.add_argument("--preset", choices=choices, metavar="NAME", help="quantization preset (see below)")
     plan.add_argument("--recipe", metavar="FILE", help="recipe YAML: default plan + rules (see README)")
 
 
@@ -46,9 +47,13 @@ def _compress_parser(subparsers) -> None:
               diffpress compress builtin:digits --preset w4a16-int4 --out out/digits-int4 --eval
               diffpress compress ./my-sd15-pipeline --preset w8a16-int8 --out ./sd15-int8
               diffpress compress ./transformer --preset w4a16-int4 --out ./transformer-int4 --overwrite
-            """).format(presets=presets))
+              diffpress compress builtin:digits --preset mixed --avg-bits 5 --out out/digits-mixed5
+              diffpress compress builtin:digits --preset mixed --max-bytes 400000 --methods rtn --out out/digits-400k
+            """).format(presets=presets + "\n  mixed            per-layer formats chosen by integer program from "
+                                          "measured sensitivity\n                   (needs --avg-bits or --max-bytes)"))
     parser.add_argument("model", metavar="MODEL", help="local diffusers model or pipeline directory, or builtin:NAME")
-    _add_plan_arguments(parser)
+    _add_plan_arguments(parser, mixed=True)
+    _add_mixed_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
@@ -64,16 +69,58 @@ def _compress_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_compress)
 
 
-def _run_compress(args) -> int:
-    from ..api import compress
+def _add_mixed_arguments(parser) -> None:
+    mixed = parser.add_argument_group("mixed precision (--preset mixed: sensitivity, then a 0/1 integer program)")
+    budget = mixed.add_mutually_exclusive_group()
+    budget.add_argument("--avg-bits", type=float, metavar="B",
+                        help="budget: parameter-weighted average weight bits of the allocated layers (e.g. 5)")
+    budget.add_argument("--max-bytes", type=int, metavar="N",
+                        help="budget: stored bytes (codes + scales) of the allocated layers")
+    mixed.add_argument("--max-latency", type=float, metavar="T",
+                       help="optional latency budget in the cost table's units (default table: stored bytes)")
+    mixed.add_argument("--latency-table", metavar="JSON", help="per-format cost per weight element, e.g. from a "
+                                                                "kernel benchmark: {\"w4a8-int\": 0.6, ...}")
+    mixed.add_argument("--candidates", nargs="+", default=["w4a8-int", "w8a8-int8"], metavar="FMT",
+                       help="formats to choose from (default: w4a8-int w8a8-int8); bf16 keeps a layer unquantized")
+    mixed.add_argument("--methods", choices=["full", "rtn"], default="full",
+                       help="full: each chosen preset's methods (learned rounding etc.); rtn: round-to-nearest")
+    mixed.add_argument("--sensitivity-calls", type=int, default=2, metavar="C",
+                       help="reservoir calls replayed per timestep bucket to measure sensitivity (default 2)")
 
+
+def _mixed_options(args):
+    from ..api import MixedOptions
+    from ..errors import InputError
+
+    budget_given = args.avg_bits is not None or args.max_bytes is not None
+    if args.preset != "mixed":
+        if budget_given:
+            raise InputError("--avg-bits / --max-bytes choose a budget for --preset mixed; add --preset mixed")
+        return None
+    if not budget_given:
+        raise InputError("--preset mixed needs a budget: --avg-bits B or --max-bytes N")
+    return MixedOptions(args.avg_bits, args.max_bytes, args.max_latency, tuple(args.candidates),
+                        args.sensitivity_calls, args.methods, args.latency_table)
+
+
+def _calibration_options(args):
     from ..api import CalibrationOptions, read_prompts
 
     items = read_prompts(args.calib_prompts) if args.calib_prompts else args.calib_labels
-    options = CalibrationOptions(num_samples=args.calib_samples, steps=args.calib_steps,
-                                 labels_or_prompts=tuple(items) if items else None, calibration_file=args.calibration)
+    return CalibrationOptions(num_samples=args.calib_samples, steps=args.calib_steps,
+                              labels_or_prompts=tuple(items) if items else None, calibration_file=args.calibration)
+
+
+def _run_compress(args) -> int:
+    from ..api import compress
+
+    mixed = _mixed_options(args)
     result = compress(args.model, args.preset, args.out, overwrite=args.overwrite, progress=not args.quiet,
-                      recipe=args.recipe, calibration=options)
+                      recipe=args.recipe, calibration=_calibration_options(args), mixed=mixed)
+    if result.allocation is not None:
+        a = result.allocation
+        print(f"allocation: {a.avg_bits:.3f} average weight bits, {a.total_bytes} bytes of codes + scales; "
+              + ", ".join(f"{name}: {count} layers" for name, count in sorted(a.counts.items())))
     print(f"{result.model_class}: {'preset ' + result.preset if args.preset else 'recipe ' + args.recipe}: quantized {len(result.report.quantized)} layers, "
           f"skipped {len(result.report.skipped)}")
     for fqn, reason in result.report.skipped.items():
@@ -86,6 +133,72 @@ def _run_compress(args) -> int:
         from ..api import evaluate
 
         _print_eval(evaluate(args.model, result.out, progress=not args.quiet), _grid_arg(result.out, None))
+    return 0
+
+
+def _add_calibration_arguments(parser) -> None:
+    calib = parser.add_argument_group("calibration")
+    calib.add_argument("--calibration", metavar="FILE", help="a saved calibration set (diffpress calibrate)")
+    calib.add_argument("--calib-samples", type=int, default=32, metavar="N", help="samples to generate (default 32)")
+    calib.add_argument("--calib-steps", type=int, default=25, metavar="S", help="inference steps (default 25)")
+    calib.add_argument("--calib-prompts", metavar="FILE", help="prompts file, one per line (text-to-image models)")
+    calib.add_argument("--calib-labels", type=int, nargs="+", metavar="L", help="class labels (default 0..9 for built-ins)")
+    calib.add_argument("--buckets", type=int, default=8, metavar="B", help="timestep buckets (default 8)")
+
+
+def _sensitivity_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sensitivity", help="per-layer, per-timestep quantization sensitivity report (HTML, markdown, JSON)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Calibrate MODEL, then quantize each layer alone with each candidate format (round-to-nearest "
+                    "variants) and measure the denoiser-output SQNR per timestep bucket on replayed calibration "
+                    "calls, plus final-image PSNR/SSIM for a few layers (MixDQ). Writes DIR/report.html "
+                    "(self-contained), report.md, report.json, the PNG figures, and recipe.yaml: the integer "
+                    "program's allocation at --avg-bits, usable with 'diffpress compress --recipe'.",
+        epilog=dedent("""\
+            cost: layers x candidates x buckets x --calls-per-bucket replayed denoiser calls, plus
+            --image-layers x candidates x --image-steps calls for the image metric (builtin:digits with the
+            defaults: 72 x 6 x 8 x 1 = 3,456 calls of batch 8, plus 4 x 6 x 10 = 240 of batch 8)
+
+            examples:
+              diffpress sensitivity builtin:digits --out report/digits
+              diffpress sensitivity builtin:digits --out report/digits --candidates w4a8-int w8a8-int8 --avg-bits 5
+              diffpress sensitivity ./sd15 --calib-prompts prompts.txt --calib-samples 8 --out report/sd15 --image-layers 0
+            """))
+    parser.add_argument("model", metavar="MODEL", help="pipeline directory or builtin:NAME")
+    parser.add_argument("--out", required=True, metavar="DIR", help="report directory")
+    parser.add_argument("--overwrite", action="store_true", help="write into DIR even if it is not empty")
+    parser.add_argument("--candidates", nargs="+", metavar="FMT",
+                        default=["bf16", "w8a8-int8", "w8a8-fp8", "w4a8-int", "w4a16-int4", "w4a8-fp4"],
+                        help="formats to measure (default: bf16 w8a8-int8 w8a8-fp8 w4a8-int w4a16-int4 w4a8-fp4)")
+    parser.add_argument("--calls-per-bucket", type=int, default=1, metavar="C",
+                        help="reservoir calls replayed per timestep bucket (default 1)")
+    parser.add_argument("--image-layers", type=int, default=4, metavar="K",
+                        help="layers that also get the final-image metric (default 4; 0: none)")
+    parser.add_argument("--image-samples", type=int, default=8, metavar="N", help="image-metric samples (default 8)")
+    parser.add_argument("--image-steps", type=int, default=10, metavar="S", help="image-metric steps (default 10)")
+    parser.add_argument("--avg-bits", type=float, default=5.0, metavar="B",
+                        help="budget of the allocation shown in the report (default 5)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K",
+                        help="layers kept in high precision in the recipe snippet (default 5)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_calibration_arguments(parser)
+    parser.set_defaults(handler=_run_sensitivity)
+
+
+def _run_sensitivity(args) -> int:
+    from ..api import CalibrationOptions, read_prompts, sensitivity_report
+    from ..compress.sensitivity import SensitivityOptions
+
+    items = read_prompts(args.calib_prompts) if args.calib_prompts else args.calib_labels
+    calibration = CalibrationOptions(num_samples=args.calib_samples, steps=args.calib_steps, buckets=args.buckets,
+                                     labels_or_prompts=tuple(items) if items else None,
+                                     calibration_file=args.calibration)
+    options = SensitivityOptions(tuple(args.candidates), args.calls_per_bucket, args.image_layers,
+                                 progress=not args.quiet)
+    out = sensitivity_report(args.model, args.out, options, calibration, args.avg_bits, args.top_k,
+                             args.image_samples, args.image_steps, args.overwrite, progress=not args.quiet)
+    print(f"wrote {out / 'report.html'}, report.md, report.json and recipe.yaml")
     return 0
 
 
@@ -265,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(subparsers)
     _calibrate_parser(subparsers)
     _inspect_parser(subparsers)
+    _sensitivity_parser(subparsers)
     models = subparsers.add_parser("models", help="list the built-in models")
     models.set_defaults(handler=_run_models)
     return parser

@@ -2,7 +2,11 @@
 
 Buffers: `qdata` and `scales` (the packed weight) always; optional, per the layer's methods:
 `smooth` (per-input-channel divisor, SmoothQuant), `lora_down`/`lora_up` (the high-precision
-low-rank branch, SVDQuant), `act_scales` (one static activation scale per timestep bucket).
+low-rank branch, SVDQuant), `act_scales` (one static activation scale per timestep bucket; two per
+bucket with shortcut splitting), `bos_out` (the float output for a prompt-independent first text
+token, MixDQ's BOS-aware quantization: replaces the quantized output at sequence position 0).
+`act_split` (a plain attribute, saved in the quantization config): the channel where a
+concatenated conv input splits into separately quantized halves (Q-Diffusion shortcut splitting).
 Conv2d weights (out, in/groups, kh, kw) are stored flattened as (N=out, K=in/groups*kh*kw); the
 reference path dequantizes and runs `conv2d` (compressed storage, float compute). With activation
 quantization, conv inputs are quantized per pixel over channels (a "token" is one spatial position).
@@ -12,12 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import reference
+from ..kernels import ops  # noqa: F401  (registers torch.ops.diffpress.*)
+from ..kernels.dispatch import Backend, parse_backend, resolve_backend
 from ..kernels.layout import PackedWeight, qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
 from ..recipe import ActMode, QuantSpec
 from .quantize import quantize_weight
 
-OPTIONAL_BUFFERS = ("smooth", "lora_down", "lora_up", "act_scales")
+OPTIONAL_BUFFERS = ("smooth", "lora_down", "lora_up", "act_scales", "bos_out")
 
 
 class _QuantWeightMixin:
@@ -30,6 +35,8 @@ class _QuantWeightMixin:
         self.spec, self.weight_shape = spec, shape
         self.fqn = ""
         self.timestep_tracker = None
+        self.backend = Backend.REFERENCE.value  # resolved per layer at load: see set_backend
+        self.act_split: int | None = None
         self.register_buffer("qdata", torch.empty(qdata_shape(spec.weight_format, shape),
                                                   dtype=qdata_dtype(spec.weight_format), device=device))
         self.register_buffer("scales", torch.empty(scales_shape(spec.granularity, shape, spec.group_size),
@@ -63,8 +70,19 @@ class _QuantWeightMixin:
                                  "load the model with diffpress.load")
         return self.act_scales[self.timestep_tracker.current_bucket(self.fqn)]
 
+    def set_backend(self, requested: Backend | str) -> None:
+        """Resolve `auto | triton | reference` for this layer's device and formats (raises if triton cannot run)."""
+        self.backend = resolve_backend(requested, self.qdata.device, self.spec.weight_format, self.spec.act_format,
+                                       self.fqn).value
+
+    def _op_args(self) -> tuple:
+        """The tensors and plain values every diffpress custom op takes after x."""
+        s = self.spec
+        return (self.qdata, self.scales, self.bias, self.smooth, self.lora_down, self.lora_up, self._act_scale(),
+                s.weight_format.value, s.granularity.value, s.group_size or 0)
+
     def _spec_repr(self) -> str:
-        return f"{self.spec.describe()}, backend=reference"
+        return f"{self.spec.describe()}, backend={self.backend}"
 
 
 class QuantLinear(_QuantWeightMixin, nn.Module):
@@ -98,8 +116,16 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
                    device="meta", dtype=linear.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.quantized_linear(x, self.packed, self.bias, self.spec.act_format, self._act_scale(),
-                                          self.smooth, self._low_rank())
+        act = self.spec.act_format.value if self.spec.act_format else ""
+        y = torch.ops.diffpress.quantized_linear(x, *self._op_args(), self.weight_shape[1], act, self.backend)
+        return self._with_bos_output(y)
+
+    def _with_bos_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Sequence position 0 takes the stored float output (its input is the same for every prompt)."""
+        if self.bos_out is None or y.dim() != 3:
+            return y
+        first = self.bos_out.to(y.dtype).expand(y.shape[0], 1, y.shape[2])
+        return torch.cat([first, y[:, 1:]], dim=1)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._spec_repr()}"
@@ -146,9 +172,22 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.quantized_conv2d(x, self.packed, self.kernel_shape, self.bias, self.conv_params,
-                                          self.spec.act_format, self._act_scale(), self.smooth, self._low_rank())
+        act = self.spec.act_format.value if self.spec.act_format else ""
+        padding = (0, 0) if isinstance(self.padding, str) else self.padding
+        padding_name = self.padding if isinstance(self.padding, str) else ""
+        return torch.ops.diffpress.quantized_conv2d(x, *self._op_args(), list(self.kernel_shape), list(self.stride),
+                                                    list(padding), padding_name, list(self.dilation), self.groups,
+                                                    act, self.act_split or 0, self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, {self._spec_repr()}")
+
+
+def set_backends(model: nn.Module, backend: Backend | str = Backend.AUTO) -> nn.Module:
+    """Resolve `backend` for every quantized layer of `model` on its current device (call again after `.to()`)."""
+    backend = parse_backend(backend)
+    for module in model.modules():
+        if isinstance(module, (QuantLinear, QuantConv2d)):
+            module.set_backend(backend)
+    return model

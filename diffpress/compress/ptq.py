@@ -1,9 +1,11 @@
 """Post-training quantization with calibration: apply a recipe's methods layer by layer.
 
 Per layer, in order: smoothing (strength searched on captured inputs, or fixed), the low-rank
-branch on the smoothed weight, scale choice (absmax or MSE clipping), rounding (nearest or
-learned on captured inputs), then static activation scales per timestep bucket from the
-calibration statistics when the plan asks for them.
+branch on the smoothed weight, scale choice (absmax or MSE clipping) -- `prepare_layer` -- then
+rounding (nearest, learned per layer on captured inputs, or learned per block by
+`block_reconstruction`), then static activation scales per timestep bucket from the calibration
+statistics when the plan asks for them -- `finish_layer`. Structural methods (shortcut splitting,
+BOS-aware cross-attention) use what `input_sources` finds by replaying calibration calls.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from ..formats import spec_of
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
 from ..recipe import ActMode, QuantSpec, Recipe, Rounding
+from .block_reconstruction import PreparedLayer, reconstruct_blocks
+from .input_sources import find_concat_splits, find_constant_first_tokens
 from .layer_inputs import LayerInputs, capture_layer_inputs
 from .low_rank import split_low_rank
 from .modules import QuantConv2d, QuantLinear
@@ -37,6 +41,8 @@ class LayerContext:
     spec: QuantSpec
     calibration: CalibrationSet | None
     inputs: LayerInputs | None
+    act_split: int | None = None  # shortcut splitting: where the concatenated input's halves meet
+    first_token: torch.Tensor | None = None  # BOS-aware: the prompt-independent first input token
 
 
 def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: CalibrationSet | None = None,
@@ -56,9 +62,16 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
                          "pass a CalibrationSet")
     wanted = _needs_inputs(plans)
     inputs = capture_layer_inputs(denoiser, calibration, wanted, progress=progress) if wanted else {}
+    splits, first_tokens = _input_sources(denoiser, calibration, plans)
+    contexts = {fqn: LayerContext(fqn, module, plan, calibration, inputs.get(fqn), splits.get(fqn), first_tokens.get(fqn))
+                for fqn, (module, plan) in plans.items()}
+    prepared = {fqn: prepare_layer(context) for fqn, context in contexts.items()}
+    blockwise = {fqn: layer for fqn, layer in prepared.items() if layer.spec.rounding is Rounding.BLOCK}
+    block_packed = reconstruct_blocks(denoiser, calibration, blockwise, rounding_iterations,
+                                      progress=progress) if blockwise else {}
     tracker = attach_tracker(denoiser, calibration.buckets) if _any_static(plans) else None
-    for fqn, (module, plan) in tqdm(plans.items(), desc="quantize", unit="layer", disable=not progress):
-        quantized = quantize_layer(LayerContext(fqn, module, plan, calibration, inputs.get(fqn)), rounding_iterations)
+    for fqn, context in tqdm(contexts.items(), desc="quantize", unit="layer", disable=not progress):
+        quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding_iterations)
         quantized.fqn, quantized.timestep_tracker = fqn, tracker
         set_submodule(denoiser, fqn, quantized)
         report.quantized.append(fqn)
@@ -74,7 +87,21 @@ def _usable_plan(plan: QuantSpec, module: nn.Module) -> QuantSpec:
 
 def _needs_inputs(plans) -> set[str]:
     return {fqn for fqn, (_, plan) in plans.items()
-            if plan.smoothing == "auto" or plan.rounding is Rounding.LEARNED}
+            if plan.smoothing == "auto" or plan.rounding is not Rounding.NEAREST}
+
+
+def _input_sources(denoiser: nn.Module, calibration: CalibrationSet | None, plans) -> tuple[dict, dict]:
+    """Concat splits for layers with split_shortcuts, constant first tokens for bos_aware linears."""
+    splitting = {fqn for fqn, (m, plan) in plans.items() if plan.split_shortcuts and isinstance(m, nn.Conv2d)}
+    bos = {fqn for fqn, (m, plan) in plans.items() if plan.bos_aware and isinstance(m, nn.Linear)}
+    if not (splitting or bos):
+        return {}, {}
+    calls = [entry.call_kwargs() for bucket in sorted(calibration.reservoir) for entry in calibration.reservoir[bucket]]
+    if not calls:
+        raise ValueError("split_shortcuts and bos_aware replay calibration calls, but the reservoir is empty")
+    splits = find_concat_splits(denoiser, calls[0]) if splitting else {}
+    first_tokens = find_constant_first_tokens(denoiser, calls, bos) if bos else {}
+    return {fqn: split for fqn, split in splits.items() if fqn in splitting}, first_tokens
 
 
 def _any_static(plans) -> bool:
@@ -82,22 +109,45 @@ def _any_static(plans) -> bool:
 
 
 def quantize_layer(context: LayerContext, rounding_iterations: int = 300) -> nn.Module:
-    """One layer through the method pipeline; returns its QuantLinear / QuantConv2d."""
+    """One layer through the method pipeline on its own; returns its QuantLinear / QuantConv2d."""
+    return finish_layer(context, prepare_layer(context), None, rounding_iterations)
+
+
+def prepare_layer(context: LayerContext) -> PreparedLayer:
+    """Smoothing, the low-rank split and the scales with nearest rounding: everything before rounding."""
     spec, module = context.spec, context.module
     factors = _smoothing(context) if spec.smoothing is not None else None
     weight = smoothed_weight(module, factors) if factors is not None else _flat_weight(module)
     low_rank = split_low_rank(weight, spec.low_rank) if spec.low_rank else None
     if low_rank is not None:
         weight = low_rank[2]
-    packed = _pack(context, weight, factors, low_rank, rounding_iterations)
+    nearest = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
+    down_up = (low_rank[0], low_rank[1]) if low_rank is not None else None
+    return PreparedLayer(module, spec, weight, nearest, factors, down_up, context.act_split)
+
+
+def finish_layer(context: LayerContext, prepared: PreparedLayer, block_packed: PackedWeight | None,
+                 rounding_iterations: int) -> nn.Module:
+    """Rounding (unless block reconstruction already chose the codes), then the quantized module."""
+    spec, module, factors, low_rank = context.spec, context.module, prepared.factors, prepared.low_rank
+    packed = block_packed if block_packed is not None else _rounded(context, prepared, rounding_iterations)
     quantized = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_packed(module, spec, packed)
+    quantized.act_split = context.act_split
     quantized.set_optional("smooth", factors)
+    if context.first_token is not None:
+        quantized.set_optional("bos_out", _float_output(module, context.first_token))
     if low_rank is not None:
         quantized.set_optional("lora_down", low_rank[0].to(module.weight.dtype))
         quantized.set_optional("lora_up", low_rank[1].to(module.weight.dtype))
     if spec.act_mode is ActMode.STATIC:
         quantized.set_optional("act_scales", static_activation_scales(context, factors))
     return quantized
+
+
+def _float_output(module: nn.Linear, token: torch.Tensor) -> torch.Tensor:
+    """The float layer's output for one input token, in the layer's dtype."""
+    with torch.no_grad():
+        return module(token.to(module.weight.dtype)[None]).reshape(-1)
 
 
 def _flat_weight(module: nn.Module) -> torch.Tensor:
@@ -132,21 +182,25 @@ def _output_error(context: LayerContext, factors: torch.Tensor) -> float:
     return float((y - target).square().sum() / target.square().sum().clamp_min(1e-20))
 
 
+def _patch_size(module: nn.Module) -> int:
+    """How many im2col row entries each input channel has (kh*kw for convs, 1 for linears)."""
+    return module.kernel_size[0] * module.kernel_size[1] if isinstance(module, nn.Conv2d) else 1
+
+
 def _row_factors(module: nn.Module, factors: torch.Tensor) -> torch.Tensor:
     """Channel factors laid out along im2col rows (each channel repeats kh*kw times for convs)."""
-    if isinstance(module, nn.Conv2d):
-        return factors.repeat_interleave(module.kernel_size[0] * module.kernel_size[1])
-    return factors
+    return factors.repeat_interleave(_patch_size(module))
 
 
-def _pack(context: LayerContext, weight, factors, low_rank, rounding_iterations: int) -> PackedWeight:
-    spec = context.spec
-    nearest = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
-    if spec.rounding is not Rounding.LEARNED:
+def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations: int) -> PackedWeight:
+    """Nearest, or layer-wise learned rounding (also for `block` layers that lie in no block)."""
+    spec, nearest, weight, factors = context.spec, prepared.nearest, prepared.weight, prepared.factors
+    if spec.rounding is Rounding.NEAREST:
         return nearest
     rows = context.inputs.rows
     row_factors = _row_factors(context.module, factors) if factors is not None else None
-    smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, row_factors)
+    row_split = context.act_split * _patch_size(context.module) if context.act_split else None
+    smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, row_factors, act_split=row_split)
     return learn_rounding(weight, nearest.scales, nearest, smoothed, quantized, iterations=rounding_iterations)
 
 
@@ -156,6 +210,13 @@ def static_activation_scales(context: LayerContext, factors: torch.Tensor | None
     per_bucket = context.calibration.layer_stats(context.fqn)
     overall = context.calibration.merged_over_buckets(context.fqn)
     divisor = factors if factors is not None else torch.ones_like(overall.channel_absmax)
-    absmax = lambda stats: float((stats.channel_absmax / divisor).max())
-    scales = [absmax(per_bucket.get(b, overall)) / qmax for b in range(context.calibration.buckets.num_buckets)]
-    return torch.tensor(scales, dtype=torch.float32).clamp_min(1e-12)
+    parts = _channel_parts(len(divisor), context.act_split)
+    absmax = lambda stats: [float((stats.channel_absmax / divisor)[part].max()) for part in parts]
+    scales = [absmax(per_bucket.get(b, overall)) for b in range(context.calibration.buckets.num_buckets)]
+    scales = torch.tensor(scales, dtype=torch.float32) / qmax
+    return (scales if context.act_split else scales[:, 0]).clamp_min(1e-12)
+
+
+def _channel_parts(channels: int, act_split: int | None) -> list[slice]:
+    """The input-channel ranges that get their own activation scale."""
+    return [slice(0, act_split), slice(act_split, channels)] if act_split else [slice(0, channels)]

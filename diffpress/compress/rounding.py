@@ -8,7 +8,8 @@ a per-weight variable V chooses: w_q = s (lo + h(V) (hi - lo)), h the rectified 
 fitted so the layer's output on captured inputs matches the float output,
 |X_q W_q^T - X W^T|^2 / |X W^T|^2 + lambda * sum(1 - |2h - 1|^beta), with beta annealed from 20
 to 2 so h ends at 0 or 1; the final codes are exactly lo or hi. This is layer-wise reconstruction
-(each layer on its own float inputs), not BRECQ's block-wise variant.
+(each layer on its own float inputs); `block_reconstruction` fits all layers of a block jointly
+(BRECQ) with the same variables.
 """
 from __future__ import annotations
 
@@ -32,6 +33,36 @@ def _neighbours(scaled: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, t
     return grid[index], grid[index + 1]
 
 
+class RoundingVariables:
+    """The per-weight choice between the two grid neighbours of w/s, as a trainable soft weight."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, packed_like: PackedWeight) -> None:
+        self.packed_like, self.shape = packed_like, tuple(weight.shape)
+        self.full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, self.shape)
+        self.lower, self.upper = _neighbours(weight.float() / self.full_scales, packed_like.format)
+        self.step = (self.upper - self.lower).clamp_min(1e-12)
+        fraction = ((weight.float() / self.full_scales - self.lower) / self.step).clamp(0.01, 0.99)
+        self.variable = (-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)).requires_grad_(True)
+        self.scales = scales
+
+    def soft_weight(self) -> torch.Tensor:
+        return self.full_scales * (self.lower + _rectified_sigmoid(self.variable) * self.step)
+
+    def penalty(self, beta: float | None) -> torch.Tensor:
+        """Pushes every h(V) to 0 or 1 (zero before the warm-up ends)."""
+        if beta is None:
+            return torch.zeros(())
+        return (1 - (2 * _rectified_sigmoid(self.variable) - 1).abs().pow(beta)).mean()
+
+    def packed(self) -> PackedWeight:
+        """The hard choice: each weight at its lower or upper neighbour."""
+        like = self.packed_like
+        with torch.no_grad():
+            chosen = torch.where(_rectified_sigmoid(self.variable) >= 0.5, self.upper, self.lower)
+        return PackedWeight(pack(encode(chosen, like.format), like.format), self.scales, like.format,
+                            like.granularity, like.group_size, self.shape)
+
+
 def learn_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: PackedWeight, inputs: torch.Tensor,
                    quantized_inputs: torch.Tensor, iterations: int = 300, regularization: float = 0.01,
                    learning_rate: float = 0.01, seed: int = 0) -> PackedWeight:
@@ -40,33 +71,21 @@ def learn_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: Pack
     `quantized_inputs` are the same rows as the quantized layer sees them (activation quantization
     applied); `packed_like` supplies format, granularity and group size; `scales` are kept.
     """
-    fmt, shape = packed_like.format, tuple(weight.shape)
-    full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, shape)
-    lower, upper = _neighbours(weight.float() / full_scales, fmt)
-    step = (upper - lower).clamp_min(1e-12)
-    fraction = ((weight.float() / full_scales - lower) / step).clamp(0.01, 0.99)
-    variable = (-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)).requires_grad_(True)
+    rounding = RoundingVariables(weight, scales, packed_like)
     target = inputs.float() @ weight.float().T
     target_power = target.square().mean().clamp_min(1e-20)
-    optimizer = torch.optim.Adam([variable], lr=learning_rate)
+    optimizer = torch.optim.Adam([rounding.variable], lr=learning_rate)
     torch.manual_seed(seed)
     for iteration in range(iterations):
-        beta = _beta(iteration, iterations)
-        soft = full_scales * (lower + _rectified_sigmoid(variable) * step)
-        reconstruction = (quantized_inputs @ soft.T - target).square().mean() / target_power
-        loss = reconstruction
-        if beta is not None:
-            loss = loss + regularization * (1 - (2 * _rectified_sigmoid(variable) - 1).abs().pow(beta)).mean()
+        reconstruction = (quantized_inputs @ rounding.soft_weight().T - target).square().mean() / target_power
+        loss = reconstruction + regularization * rounding.penalty(beta_schedule(iteration, iterations))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        chosen = torch.where(_rectified_sigmoid(variable) >= 0.5, upper, lower)
-    codes = encode(chosen, fmt)
-    return PackedWeight(pack(codes, fmt), scales, fmt, packed_like.granularity, packed_like.group_size, shape)
+    return rounding.packed()
 
 
-def _beta(iteration: int, iterations: int) -> float | None:
+def beta_schedule(iteration: int, iterations: int) -> float | None:
     """No rounding penalty for the first 20% (warm-up), then beta from 20 down to 2."""
     warmup = int(0.2 * iterations)
     if iteration < warmup:

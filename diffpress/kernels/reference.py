@@ -51,11 +51,14 @@ def fake_quantize_static(x: torch.Tensor, fmt: QuantFormat, scale: torch.Tensor)
 
 
 def prepare_activation(x: torch.Tensor, act_format: QuantFormat | None, act_scale: torch.Tensor | None = None,
-                       smooth: torch.Tensor | None = None, channel_dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+                       smooth: torch.Tensor | None = None, channel_dim: int = -1,
+                       act_split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 input after smoothing, the quantized-dequantized input the matmul sees).
 
     smooth: per-input-channel divisor (SmoothQuant); act_scale: a static scale, else dynamic per
-    token (a token is a row of a linear input, a pixel of a conv input).
+    token (a token is a row of a linear input, a pixel of a conv input). act_split: shortcut
+    splitting (Q-Diffusion) for an input that is a concatenation: channels [0, act_split) and
+    [act_split, C) are quantized separately (two per-token scales, or act_scale[0] and act_scale[1]).
     """
     x32 = x.float()
     if smooth is not None:
@@ -64,10 +67,20 @@ def prepare_activation(x: torch.Tensor, act_format: QuantFormat | None, act_scal
         x32 = x32 / smooth.float().reshape(shape)
     if act_format is None:
         return x32, x32
+    if act_split:
+        halves = x32.split([act_split, x32.shape[channel_dim] - act_split], dim=channel_dim)
+        scales = act_scale.reshape(2) if act_scale is not None else (None, None)
+        parts = [_fake_quantize(half, act_format, scale, channel_dim) for half, scale in zip(halves, scales)]
+        return x32, torch.cat(parts, dim=channel_dim)
+    return x32, _fake_quantize(x32, act_format, act_scale, channel_dim)
+
+
+def _fake_quantize(x32: torch.Tensor, act_format: QuantFormat, act_scale: torch.Tensor | None,
+                   channel_dim: int) -> torch.Tensor:
     if act_scale is not None:
-        return x32, fake_quantize_static(x32, act_format, act_scale)
+        return fake_quantize_static(x32, act_format, act_scale)
     moved = x32.movedim(channel_dim, -1)
-    return x32, fake_quantize_per_token(moved, act_format).movedim(-1, channel_dim)
+    return fake_quantize_per_token(moved, act_format).movedim(-1, channel_dim)
 
 
 def quantized_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None,
@@ -87,13 +100,14 @@ def quantized_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor |
 def quantized_conv2d(x: torch.Tensor, packed: PackedWeight, kernel_shape: tuple[int, ...], bias: torch.Tensor | None,
                      conv: dict, act_format: QuantFormat | None, act_scale: torch.Tensor | None = None,
                      smooth: torch.Tensor | None = None,
-                     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   act_split: int | None = None) -> torch.Tensor:
     """Conv2d with a packed weight: dequantize, then float32 conv (compressed storage, float compute).
 
     `conv` holds stride/padding/dilation/groups. The low-rank branch is a (rank, C/groups, kh, kw)
-    conv followed by a 1x1 conv to the output channels.
+    conv followed by a 1x1 conv to the output channels. act_split: see `prepare_activation`.
     """
-    x_smooth, x_quantized = prepare_activation(x, act_format, act_scale, smooth, channel_dim=1)
+    x_smooth, x_quantized = prepare_activation(x, act_format, act_scale, smooth, channel_dim=1, act_split=act_split)
     weight = dequantize_weight(packed).reshape(kernel_shape)
     bias32 = bias.float() if bias is not None else None
     y = torch.nn.functional.conv2d(x_quantized, weight, bias32, **conv)
@@ -102,3 +116,8 @@ def quantized_conv2d(x: torch.Tensor, packed: PackedWeight, kernel_shape: tuple[
         hidden = torch.nn.functional.conv2d(x_smooth, down.float().reshape(-1, *kernel_shape[1:]), None, **conv)
         y = y + torch.nn.functional.conv2d(hidden, up.float()[:, :, None, None])
     return y.to(x.dtype)
+
+
+def int_matmul_exact(a_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor:
+    """Exact integer GEMM of codes: (M, K) x (N, K) -> int32 (M, N) (int64 math, for bit-exact kernel tests)."""
+    return (a_codes.to(torch.int64) @ w_codes.to(torch.int64).T).to(torch.int32)

@@ -1,0 +1,172 @@
+"""Block-wise reconstruction with learned rounding (BRECQ, Li et al. 2021; as Q-Diffusion and EDA-DM use it).
+
+Layer-wise learned rounding (`rounding.learn_rounding`) fits each layer to its own float output.
+BRECQ fits every quantized layer of a block at once to the block's float output, so the errors of
+one layer can be compensated by the next (inside a resnet: conv1 by conv2; inside a transformer
+block: the projections by the MLP). A block is found without layer-name lists: the innermost entry
+of an `nn.ModuleList` that holds quantized layers (a UNet resnet or attention transformer block, a
+DiT transformer block). Layers outside every block keep layer-wise rounding.
+
+One replay of the calibration reservoir (up to `max_calls` calls) through the float denoiser records
+every block's call arguments and float outputs; then, per block, swap each of its layers for a soft-quantized
+copy (rounding variables, activation fake quantization with a straight-through gradient, smoothing
+and the low-rank branch as planned) and minimize the relative output error plus the AdaRound
+rounding penalty with Adam. Inputs are the float model's (no error accumulation across blocks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+from tqdm.auto import tqdm
+
+from ..calibration import CalibrationSet
+from ..kernels import reference
+from ..kernels.layout import PackedWeight
+from ..recipe import QuantSpec
+from .rounding import RoundingVariables, beta_schedule
+
+
+@dataclass
+class PreparedLayer:
+    """One layer's plan after smoothing and the low-rank split, before rounding."""
+
+    module: nn.Module
+    spec: QuantSpec
+    weight: torch.Tensor  # (N, K) float32: smoothed, minus the low-rank part
+    nearest: PackedWeight  # nearest rounding with the chosen scales (the starting point)
+    factors: torch.Tensor | None  # smoothing divisor per input channel
+    low_rank: tuple[torch.Tensor, torch.Tensor] | None  # (down, up)
+    act_split: int | None = None
+
+
+def find_blocks(denoiser: nn.Module, layers: list[str]) -> dict[str, list[str]]:
+    """block fqn -> its layers (in `layers` order): the innermost ModuleList entry holding each layer."""
+    entries = [f"{parent}.{child}" if parent else child for parent, module in denoiser.named_modules()
+               if isinstance(module, nn.ModuleList) for child, _ in module.named_children()]
+    blocks: dict[str, list[str]] = {}
+    for layer in layers:
+        owners = [entry for entry in entries if layer.startswith(entry + ".")]
+        if owners:
+            blocks.setdefault(max(owners, key=len), []).append(layer)
+    return blocks
+
+
+class _SoftQuantized(nn.Module):
+    """A float layer's stand-in during reconstruction: soft-rounded weight, fake-quantized input."""
+
+    def __init__(self, prepared: PreparedLayer) -> None:
+        super().__init__()
+        self.prepared = prepared
+        self.rounding = RoundingVariables(prepared.weight, prepared.nearest.scales, prepared.nearest)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, module = self.prepared, self.prepared.module
+        is_conv = isinstance(module, nn.Conv2d)
+        x_smooth, x_quantized = reference.prepare_activation(x, p.spec.act_format, None, p.factors,
+                                                             channel_dim=1 if is_conv else -1, act_split=p.act_split)
+        x_quantized = x_smooth + (x_quantized - x_smooth).detach()  # straight-through activation rounding
+        weight = self.rounding.soft_weight()
+        bias = module.bias.float() if module.bias is not None else None
+        if is_conv:
+            conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
+            y = nn.functional.conv2d(x_quantized, weight.reshape(module.weight.shape), bias, **conv)
+            if p.low_rank is not None:
+                down = p.low_rank[0].float().reshape(-1, *module.weight.shape[1:])
+                y = y + nn.functional.conv2d(nn.functional.conv2d(x_smooth, down, None, **conv), p.low_rank[1].float()[:, :, None, None])
+        else:
+            y = nn.functional.linear(x_quantized, weight, bias)
+            if p.low_rank is not None:
+                y = y + nn.functional.linear(nn.functional.linear(x_smooth, p.low_rank[0].float()), p.low_rank[1].float())
+        return y.to(x.dtype)
+
+
+def reconstruct_blocks(denoiser: nn.Module, calibration: CalibrationSet, prepared: dict[str, PreparedLayer],
+                       iterations: int = 300, max_calls: int = 16, regularization: float = 0.01,
+                       learning_rate: float = 0.01, seed: int = 0, progress: bool = False) -> dict[str, PackedWeight]:
+    """fqn -> learned-rounding PackedWeight for every prepared layer that lies inside a block."""
+    blocks = find_blocks(denoiser, list(prepared))
+    recorded = _record_block_calls(denoiser, list(blocks), _reservoir_calls(calibration, max_calls))
+    result: dict[str, PackedWeight] = {}
+    for block_name, layer_names in tqdm(blocks.items(), desc="block reconstruction", unit="block", disable=not progress):
+        block = denoiser.get_submodule(block_name)
+        result.update(_fit_block(block, {n: prepared[n] for n in layer_names}, block_name, recorded.pop(block_name),
+                                 iterations, regularization, learning_rate, seed))
+    return result
+
+
+def _reservoir_calls(calibration: CalibrationSet, max_calls: int) -> list[dict]:
+    entries = [entry for bucket in sorted(calibration.reservoir) for entry in calibration.reservoir[bucket]]
+    if not entries:
+        raise ValueError("block reconstruction replays calibration calls, but the reservoir is empty")
+    stride = max(1, len(entries) // max_calls)  # spread over the buckets, not the first few
+    return [entry.call_kwargs() for entry in entries[::stride][:max_calls]]
+
+
+def _record_block_calls(denoiser: nn.Module, blocks: list[str], calls: list[dict]) -> dict[str, list[tuple]]:
+    """block -> (args, kwargs, float output) of each of its calls, all blocks in one replay of the calls.
+
+    Memory: every block's inputs and outputs for `max_calls` calls; lower max_calls for large models.
+    """
+    recorded: dict[str, list[tuple]] = {name: [] for name in blocks}
+    detach = lambda tree: tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, tree)
+
+    def hook_for(name):
+        def hook(module, args, kwargs, output):
+            recorded[name].append((detach(args), detach(kwargs), detach(output)))
+        return hook
+
+    handles = [denoiser.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True) for name in blocks]
+    try:
+        with torch.no_grad():
+            for kwargs in calls:
+                denoiser(**kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded
+
+
+def _fit_block(block: nn.Module, prepared: dict[str, PreparedLayer], block_name: str, recorded: list[tuple],
+               iterations: int, regularization: float, learning_rate: float, seed: int) -> dict[str, PackedWeight]:
+    relative = {name: name[len(block_name) + 1:] for name in prepared}
+    soft = {name: _SoftQuantized(layer) for name, layer in prepared.items()}
+    originals = {name: block.get_submodule(relative[name]) for name in prepared}
+    frozen = {parameter: parameter.requires_grad for parameter in block.parameters()}  # only V is trained
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    for name, module in soft.items():
+        _set_child(block, relative[name], module)
+    try:
+        _optimize(block, list(soft.values()), recorded, iterations, regularization, learning_rate, seed)
+    finally:
+        for name, module in originals.items():
+            _set_child(block, relative[name], module)
+        for parameter, requires_grad in frozen.items():
+            parameter.requires_grad_(requires_grad)
+    return {name: module.rounding.packed() for name, module in soft.items()}
+
+
+def _optimize(block, soft_layers, recorded, iterations, regularization, learning_rate, seed) -> None:
+    variables = [layer.rounding.variable for layer in soft_layers]
+    optimizer = torch.optim.Adam(variables, lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    targets = [[t.float() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)] for _, _, output in recorded]
+    powers = [sum(float(t.square().mean()) for t in target) or 1e-20 for target in targets]
+    for iteration in range(iterations):
+        index = int(torch.randint(len(recorded), (1,), generator=generator))
+        args, kwargs, _ = recorded[index]
+        outputs = [t for t in tree_flatten(block(*args, **kwargs))[0] if isinstance(t, torch.Tensor)]
+        error = sum((o.float() - t).square().mean() for o, t in zip(outputs, targets[index])) / powers[index]
+        beta = beta_schedule(iteration, iterations)
+        loss = error + regularization * sum(layer.rounding.penalty(beta) for layer in soft_layers) / len(soft_layers)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _set_child(root: nn.Module, relative_name: str, module: nn.Module) -> None:
+    parent_name, _, child = relative_name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)

@@ -1,0 +1,185 @@
+"""Mixed-precision allocation (compress/allocate.py): optimum, brute force, budgets, errors, recipes, CLI."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+
+from diffpress.compress.allocate import (Budget, LayerChoices, LayerOption, allocate, choices_from_report,
+                                         minimum_budget, uniform_allocation)
+from diffpress.compress.sensitivity import LayerInfo, SensitivityReport
+from diffpress.errors import DiffpressError, InputError
+from diffpress.recipe import Recipe, preset
+
+
+def option(name: str, cost: float, bits: float, params: int = 100, latency: float | None = None) -> LayerOption:
+    return LayerOption(name, cost, bits, int(bits * params / 8), latency if latency is not None else bits)
+
+
+def two_format_layers() -> list[LayerChoices]:
+    # a is very sensitive to 4 bits, b a little, c not at all; equal sizes
+    costs = {"a": (1e-4, 1e-1), "b": (1e-4, 1e-2), "c": (1e-4, 1e-3)}
+    return [LayerChoices(name, 100, (option("w8a8-int8", hi, 8), option("w4a8-int", lo, 4)))
+            for name, (hi, lo) in costs.items()]
+
+
+def test_known_optimum_keeps_the_sensitive_layer_at_8_bits():
+    result = allocate(two_format_layers(), Budget(avg_bits=16 / 3))  # room for exactly one 8-bit layer
+    assert result.choice == {"a": "w8a8-int8", "b": "w4a8-int", "c": "w4a8-int"}
+    assert result.avg_bits == pytest.approx(16 / 3)
+    assert result.objective == pytest.approx(1e-4 + 1e-2 + 1e-3)
+    assert result.counts == {"w8a8-int8": 1, "w4a8-int": 2}
+    two = allocate(two_format_layers(), Budget(avg_bits=20 / 3))
+    assert two.choice == {"a": "w8a8-int8", "b": "w8a8-int8", "c": "w4a8-int"}
+
+
+def brute_force(layers, budget: Budget) -> float:
+    total = sum(layer.params for layer in layers)
+    best = float("inf")
+    for picks in itertools.product(*(layer.options for layer in layers)):
+        bits = sum(o.bits * l.params for o, l in zip(picks, layers)) / total
+        nbytes = sum(o.nbytes for o in picks)
+        latency = sum(o.latency for o in picks)
+        if budget.avg_bits is not None and bits > budget.avg_bits + 1e-9:
+            continue
+        if budget.max_bytes is not None and nbytes > budget.max_bytes:
+            continue
+        if budget.max_latency is not None and latency > budget.max_latency + 1e-9:
+            continue
+        best = min(best, sum(l.weight * o.cost for o, l in zip(picks, layers)))
+    return best
+
+
+def random_layers(rng: random.Random, count: int) -> list[LayerChoices]:
+    layers = []
+    for index in range(count):
+        params = rng.choice([64, 256, 1024])
+        options = tuple(option(name, rng.uniform(0.1, 1) * 2 ** -bits, bits, params, rng.uniform(0.5, 2) * bits)
+                        for name, bits in (("bf16", 16), ("w8a8-int8", 8), ("w4a8-int", 4)))
+        layers.append(LayerChoices(f"layer{index}", params, options, rng.uniform(0.5, 2)))
+    return layers
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_brute_force_on_random_instances(seed):
+    rng = random.Random(seed)
+    layers = random_layers(rng, 6)
+    budgets = [Budget(avg_bits=rng.uniform(4.5, 12)),
+               Budget(max_bytes=int(sum(l.params for l in layers) * rng.uniform(0.6, 1.5))),
+               Budget(avg_bits=rng.uniform(6, 12), max_latency=sum(rng.uniform(5, 10) for _ in layers))]
+    for budget in budgets:
+        expected = brute_force(layers, budget)
+        if expected == float("inf"):
+            with pytest.raises(DiffpressError):
+                allocate(layers, budget, gap=0)
+            continue
+        assert allocate(layers, budget, gap=0).objective == pytest.approx(expected, rel=1e-9), budget
+
+
+def test_budgets_are_respected_and_deterministic():
+    layers = random_layers(random.Random(7), 40)
+    first = allocate(layers, Budget(avg_bits=6.0))
+    assert first.avg_bits <= 6.0 + 1e-9
+    assert all(allocate(layers, Budget(avg_bits=6.0)).choice == first.choice for _ in range(2))
+    by_bytes = allocate(layers, Budget(max_bytes=first.total_bytes))
+    assert by_bytes.total_bytes <= first.total_bytes
+    tight = allocate(layers, Budget(avg_bits=16.0, max_latency=minimum_budget(layers)[2] * 1.2))
+    assert tight.latency <= minimum_budget(layers)[2] * 1.2 + 1e-9
+
+
+def test_dominated_options_are_dropped():
+    from diffpress.compress.allocate import without_dominated
+
+    layer = LayerChoices("x", 10, (option("bf16", 0.1, 16), option("w8a8-int8", 0.2, 8), option("w8a8-fp8", 0.3, 8),
+                                   option("w4a8-int", 0.5, 4), option("w4a16-int4", 0.5, 4)))
+    assert [o.candidate for o in without_dominated(layer).options] == ["bf16", "w8a8-int8", "w4a8-int"]
+
+
+def test_tie_prefers_fewer_bits():
+    layers = [LayerChoices("x", 10, (option("w8a8-int8", 0.5, 8), option("w4a8-int", 0.5, 4)))]
+    assert allocate(layers, Budget(avg_bits=8)).choice == {"x": "w4a8-int"}
+
+
+def test_infeasible_budget_names_the_smallest_feasible_one():
+    layers = two_format_layers()
+    with pytest.raises(DiffpressError, match=r"avg_bits 3\.5 is infeasible: the smallest feasible average is 4 bits"):
+        allocate(layers, Budget(avg_bits=3.5))
+    with pytest.raises(DiffpressError, match=r"smallest feasible size is 150 bytes"):
+        allocate(layers, Budget(max_bytes=149))
+    with pytest.raises(DiffpressError, match=r"smallest feasible latency is 12"):
+        allocate(layers, Budget(avg_bits=8, max_latency=11))
+
+
+def test_budget_validation_names_fields():
+    with pytest.raises(InputError, match="exactly one size budget"):
+        Budget()
+    with pytest.raises(InputError, match="exactly one size budget"):
+        Budget(avg_bits=5, max_bytes=10)
+    with pytest.raises(InputError, match="avg_bits must be a positive number"):
+        Budget(avg_bits=-1)
+
+
+def small_report() -> SensitivityReport:
+    layers = [LayerInfo("down.conv", "Conv2d", (32, 288)), LayerInfo("mid.attn.to_q", "Linear", (64, 64)),
+              LayerInfo("up.conv", "Conv2d", (32, 576))]
+    sqnr = {"down.conv": {"bf16": [60, 60], "w8a8-int8": [40, 38], "w4a8-int": [10, 25]},
+            "mid.attn.to_q": {"bf16": [60, 60], "w8a8-int8": [45, 45], "w4a8-int": [30, 31]},
+            "up.conv": {"bf16": [60, 60], "w8a8-int8": [44, 44], "w4a8-int": [29, float("-inf")]}}
+    return SensitivityReport(layers, ["bf16", "w8a8-int8", "w4a8-int"], [0, 1], sqnr)
+
+
+def test_report_choices_drop_broken_formats_and_use_packed_bytes():
+    choices = {c.fqn: c for c in choices_from_report(small_report())}
+    assert [o.candidate for o in choices["up.conv"].options] == ["bf16", "w8a8-int8"]
+    to_q = {o.candidate: o for o in choices["mid.attn.to_q"].options}
+    assert to_q["w4a8-int"].nbytes == 64 * 32 + 64 * 1 * 2  # nibbles + one bf16 scale per row (K=64 < 128)
+    assert to_q["w8a8-int8"].nbytes == 64 * 64 + 64 * 4
+    with pytest.raises(InputError, match="was not measured"):
+        choices_from_report(small_report(), ["w4a16-int4"])
+
+
+def test_allocation_recipe_round_trips_and_names_exact_layers():
+    report = small_report()
+    allocation = allocate(choices_from_report(report), Budget(avg_bits=7.5))
+    assert allocation.choice["down.conv"] != "w4a8-int"  # 10 dB at bucket 0: the most sensitive
+    recipe = allocation.to_recipe()
+    again = Recipe.from_yaml(recipe.to_yaml())
+    assert again.to_dict() == recipe.to_dict()
+    for fqn, name in allocation.choice.items():
+        assert again.plan_for(fqn) == (None if name == "bf16" else preset(name))
+    assert again.plan_for("some.other.layer") is None
+    fast = allocation.to_recipe(fast=True)
+    assert all(rule.plan is None or rule.plan == preset(allocation.choice[rule.match] + "-rtn") for rule in fast.rules)
+    assert uniform_allocation(choices_from_report(report), "w8a8-int8").avg_bits == 8
+
+
+@pytest.fixture
+def one_thread():
+    """The digits UNet on shared cores runs several times faster on one thread than oversubscribed on two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
+    from diffpress.cli.main import main
+
+    out = tmp_path / "mixed"
+    code = main(["compress", "builtin:digits", "--preset", "mixed", "--avg-bits", "5", "--methods", "rtn",
+                 "--calib-samples", "2", "--calib-steps", "1", "--sensitivity-calls", "1", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "allocation: " in printed and "w8a8-int8" in printed
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert allocation["avg_bits"] <= 5 + 1e-9 and len(allocation["choice"]) == 72
+    recipe = Recipe.load(out / "recipe.yaml")
+    assert {rule.match for rule in recipe.rules} == set(allocation["choice"])
+    assert main(["inspect", "builtin:digits", "--recipe", str(out / "recipe.yaml")]) == 0
+    assert main(["compress", "builtin:digits", "--preset", "mixed", "--out", str(tmp_path / "x")]) == 2
+    assert "needs a budget" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""Per-layer sensitivity (compress/sensitivity.py): ranking, buckets, image metric, restore, determinism."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diffpress.calibration import calibrate
+from diffpress.compress.sensitivity import (CANDIDATES, SensitivityOptions, SensitivityReport, candidate,
+                                            image_metric_layers, measure_sensitivity, per_bucket_sqnr)
+from diffpress.compress.swap import DEFAULT_SKIP
+from diffpress.errors import DiffpressError, InputError
+import tiny_models
+
+
+class ToyDenoiser(nn.Module):
+    """Residual stack; `loud` writes into the output with gain 1, the others with gain 0.02."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet_a, self.quiet_b, self.loud = (nn.Linear(64, 64) for _ in range(3))
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        h = sample + 0.02 * self.quiet_a(sample)
+        h = h + 0.02 * self.quiet_b(h * (1 + float(timestep.flatten()[0]) / 250))
+        return h + self.loud(h)
+
+
+def toy_calibration(model):
+    inputs = {"sample": torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(1)),
+              "timestep": torch.tensor([0, 0])}
+    return calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [100, 400, 700, 900]), buckets=4,
+                     reservoir_size=1, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on shared cores run several times faster on one thread than oversubscribed on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    model = ToyDenoiser().eval()
+    return model, toy_calibration(model)
+
+
+FAST = ("bf16", "w8a8-int8", "w4a8-int")
+
+
+def test_candidate_table_bits_and_bytes():
+    assert [CANDIDATES[n].weight_bits for n in CANDIDATES] == [16, 8, 8, 4, 4, 4]
+    assert CANDIDATES["w4a16-int4"].act_bits == 16 and CANDIDATES["w4a8-int"].act_bits == 8
+    # int4 g128 on (64, 256): 64*128 code bytes + 64*2 bf16 scales * 2 bytes
+    assert candidate("w4a16-int4").packed_bytes((64, 256)) == 64 * 128 + 64 * 2 * 2
+    assert candidate("w8a8-int8").packed_bytes((64, 256)) == 64 * 256 + 64 * 4
+    assert candidate("bf16").packed_bytes((64, 256)) == 2 * 64 * 256
+    with pytest.raises(InputError, match="allowed: bf16"):
+        candidate("int3")
+
+
+def test_loud_layer_ranked_most_sensitive_and_model_restored(toy):
+    model, calibration = toy
+    x = {"sample": torch.randn(2, 4, 64), "timestep": torch.tensor([300, 300])}
+    before = model(**x)
+    report = measure_sensitivity(model, calibration, SensitivityOptions(FAST, image_layers=0, progress=False))
+    assert torch.equal(model(**x), before)
+    assert all(isinstance(m, nn.Linear) for m in model.children())
+    assert report.ranking("w4a8-int")[0] == "loud"
+    assert report.buckets == [0, 1, 2, 3]
+    for fqn in report.output_sqnr:
+        per_format = [report.output_sqnr_db(fqn, n) for n in FAST]
+        assert per_format == sorted(per_format, reverse=True), fqn  # bf16 > int8 > int4
+        assert len(report.output_sqnr[fqn]["w4a8-int"]) == 4
+    assert report.output_sqnr_db("loud", "w4a8-int") < report.output_sqnr_db("quiet_a", "w4a8-int") - 20
+
+
+def test_deterministic_and_json_round_trip(toy, tmp_path):
+    model, calibration = toy
+    options = SensitivityOptions(FAST, image_layers=0, progress=False)
+    first = measure_sensitivity(model, calibration, options).to_dict()
+    second = measure_sensitivity(model, calibration, options).to_dict()
+    first["info"].pop("output_seconds"), second["info"].pop("output_seconds")
+    first["info"].pop("image_seconds"), second["info"].pop("image_seconds")
+    assert first == second
+    report = SensitivityReport.from_dict(first)
+    path = report.save(tmp_path / "s.json")
+    assert SensitivityReport.load(path).to_dict() == first
+
+
+def test_image_metric_on_selected_layers(toy):
+    model, calibration = toy
+    noise = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(5))
+
+    def probe(denoiser):
+        x = noise.clone()
+        for t in (900, 500, 100):
+            x = x - 0.1 * denoiser(x, torch.tensor([t]))
+        return x
+
+    report = measure_sensitivity(model, calibration, SensitivityOptions(FAST, image_layers=2, progress=False), probe)
+    assert len(report.image) == 2 and "loud" in report.image
+    loud = report.image["loud"]
+    assert loud["bf16"].psnr_db > loud["w8a8-int8"].psnr_db > loud["w4a8-int"].psnr_db
+    assert report.cost("loud", "w4a8-int") >= report.output_error("loud", "w4a8-int")
+    assert image_metric_layers(report, 2) == list(report.image)
+
+
+def test_per_bucket_sqnr_sums_power_and_flags_non_finite():
+    ref = [torch.ones(4), torch.ones(4), torch.ones(4)]
+    out = [torch.ones(4) * 1.1, torch.ones(4) * 1.1, torch.full((4,), math.nan)]
+    values = per_bucket_sqnr(ref, out, [0, 0, 1])
+    assert values[0] == pytest.approx(20.0)  # noise 0.01 of signal power
+    assert values[1] == -math.inf
+
+
+def test_nan_in_float_model_is_rejected(toy):
+    model, calibration = toy
+    broken = ToyDenoiser().eval()
+    with torch.no_grad():
+        broken.loud.bias.fill_(math.nan)
+    with pytest.raises(DiffpressError, match="not finite"):
+        measure_sensitivity(broken, calibration, SensitivityOptions(("w8a8-int8",), image_layers=0, progress=False))
+
+
+def test_bad_options_name_the_field():
+    with pytest.raises(InputError, match="calls_per_bucket"):
+        SensitivityOptions(calls_per_bucket=0)
+    with pytest.raises(InputError, match="name the preset"):
+        SensitivityOptions(candidates=("w4a8-int-rtn",))
+
+
+def test_diffusers_unet_every_layer_measured_skips_respected():
+    model, inputs = tiny_models.tiny_unet2d()
+    model.eval()
+    calibration = calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [50, 600]), buckets=2,
+                            reservoir_size=1, progress=False)
+    skip = DEFAULT_SKIP + (r"^up_blocks",)
+    report = measure_sensitivity(model, calibration, SensitivityOptions(("w4a16-int4",), image_layers=0, skip=skip,
+                                                                        progress=False))
+    names = [layer.fqn for layer in report.layers]
+    assert "conv_in" not in names and "conv_out" not in names and not any("time_embedding" in n for n in names)
+    assert not any(n.startswith("up_blocks") for n in names)
+    assert len(names) > 8 and report.buckets == [0, 1]
+    assert all(math.isfinite(report.output_sqnr_db(n, "w4a16-int4")) for n in names)
+    assert set(report.activation_absmax) == set(names)
