@@ -96,7 +96,7 @@ SELF_K = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"
 
 def test_constant_first_token_found_only_for_text_layers(sd_calibrated):
     pipe, calibration = sd_calibrated
-    calls = [e.call_kwargs() for bucket in sorted(calibration.reservoir) for e in calibration.reservoir[bucket]]
+    calls = [entry.call_kwargs() for entry in calibration.entries()]
     found = find_constant_first_tokens(pipe.unet, calls, {CROSS_K, SELF_K})
     assert set(found) == {CROSS_K}  # CLIP is causal: its BOS output is the same for every prompt
     assert torch.equal(found[CROSS_K], calls[0]["encoder_hidden_states"][0, 0].float())

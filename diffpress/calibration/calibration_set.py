@@ -42,6 +42,10 @@ class CalibrationSet:
         """bucket -> stats of one layer."""
         return {bucket: stats for (name, bucket), stats in sorted(self.stats.items()) if name == layer}
 
+    def entries(self, per_bucket: int | None = None) -> list[ReservoirEntry]:
+        """The reservoir's calls, bucket by bucket (at most `per_bucket` from each)."""
+        return [entry for bucket in sorted(self.reservoir) for entry in self.reservoir[bucket][:per_bucket]]
+
     def merged_over_buckets(self, layer: str) -> ActStats:
         per_bucket = list(self.layer_stats(layer).values())
         total = per_bucket[0]

@@ -57,12 +57,7 @@ def _compress_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, summary only")
-    calib = parser.add_argument_group("calibration (used only when the recipe's methods need data)")
-    calib.add_argument("--calibration", metavar="FILE", help="a saved calibration set (diffpress calibrate)")
-    calib.add_argument("--calib-samples", type=int, default=32, metavar="N", help="samples to generate (default 32)")
-    calib.add_argument("--calib-steps", type=int, default=25, metavar="S", help="inference steps (default 25)")
-    calib.add_argument("--calib-prompts", metavar="FILE", help="prompts file, one per line (text-to-image models)")
-    calib.add_argument("--calib-labels", type=int, nargs="+", metavar="L", help="class labels (default 0..9 for built-ins)")
+    _add_calibration_arguments(parser, "calibration (used only when the recipe's methods need data)", buckets=False)
     parser.add_argument("--eval", action="store_true",
                         help="after saving, run 'diffpress eval' on the result with default settings "
                              "(models that ship an evaluation classifier, such as builtin:digits)")
@@ -136,14 +131,15 @@ def _run_compress(args) -> int:
     return 0
 
 
-def _add_calibration_arguments(parser) -> None:
-    calib = parser.add_argument_group("calibration")
+def _add_calibration_arguments(parser, title: str = "calibration", buckets: bool = True) -> None:
+    calib = parser.add_argument_group(title)
     calib.add_argument("--calibration", metavar="FILE", help="a saved calibration set (diffpress calibrate)")
     calib.add_argument("--calib-samples", type=int, default=32, metavar="N", help="samples to generate (default 32)")
     calib.add_argument("--calib-steps", type=int, default=25, metavar="S", help="inference steps (default 25)")
     calib.add_argument("--calib-prompts", metavar="FILE", help="prompts file, one per line (text-to-image models)")
     calib.add_argument("--calib-labels", type=int, nargs="+", metavar="L", help="class labels (default 0..9 for built-ins)")
-    calib.add_argument("--buckets", type=int, default=8, metavar="B", help="timestep buckets (default 8)")
+    if buckets:
+        calib.add_argument("--buckets", type=int, default=8, metavar="B", help="timestep buckets (default 8)")
 
 
 def _sensitivity_parser(subparsers) -> None:

@@ -26,6 +26,7 @@ from ..calibration import CalibrationSet
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
 from ..recipe import QuantSpec
+from .layer_inputs import replay
 from .rounding import RoundingVariables, beta_schedule
 
 
@@ -98,7 +99,7 @@ def reconstruct_blocks(denoiser: nn.Module, calibration: CalibrationSet, prepare
 
 
 def _reservoir_calls(calibration: CalibrationSet, max_calls: int) -> list[dict]:
-    entries = [entry for bucket in sorted(calibration.reservoir) for entry in calibration.reservoir[bucket]]
+    entries = calibration.entries()
     if not entries:
         raise ValueError("block reconstruction replays calibration calls, but the reservoir is empty")
     stride = max(1, len(entries) // max_calls)  # spread over the buckets, not the first few
@@ -119,13 +120,7 @@ def _record_block_calls(denoiser: nn.Module, blocks: list[str], calls: list[dict
         return hook
 
     handles = [denoiser.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True) for name in blocks]
-    try:
-        with torch.no_grad():
-            for kwargs in calls:
-                denoiser(**kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    replay(denoiser, calls, handles)
     return recorded
 
 

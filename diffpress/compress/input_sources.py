@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .layer_inputs import replay
+
 # ops that keep a tensor's channel layout, so a split found on their input holds for their output
 _CHANNEL_PRESERVING = {
     nn.functional.group_norm, nn.functional.silu, nn.functional.gelu, nn.functional.relu,
@@ -70,12 +72,7 @@ def find_concat_splits(denoiser: nn.Module, call_kwargs: dict) -> dict[str, int]
 
     convs = [(name, m) for name, m in denoiser.named_modules() if isinstance(m, nn.Conv2d)]
     handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in convs]
-    try:
-        with torch.no_grad(), tracker:
-            denoiser(**call_kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    replay(denoiser, [call_kwargs], handles, mode=tracker)
     return found
 
 
@@ -99,13 +96,7 @@ def find_constant_first_tokens(denoiser: nn.Module, calls: list[dict], layers: s
         return hook
 
     handles = [denoiser.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in layers]
-    try:
-        with torch.no_grad():
-            for kwargs in calls:
-                denoiser(**kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    replay(denoiser, calls, handles)
     if len(calls) < 2:
         return {}
     return {name: token for name, token in first.items() if name not in varies}

@@ -8,6 +8,7 @@ seeded generator to at most `max_rows` per layer.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ def _rows_of(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def capture_layer_inputs(denoiser: nn.Module, calibration: CalibrationSet, layers: set[str],
                          max_rows: int = 2048, seed: int = 0, progress: bool = False) -> dict[str, LayerInputs]:
     """Replay every reservoir call and collect up to `max_rows` input rows for each named layer."""
-    entries = [entry for bucket in sorted(calibration.reservoir) for entry in calibration.reservoir[bucket]]
+    entries = calibration.entries()
     if not entries:
         raise ValueError("the calibration set has no reservoir entries to replay (reservoir_size was 0)")
     generator = torch.Generator().manual_seed(seed)
@@ -50,12 +51,20 @@ def capture_layer_inputs(denoiser: nn.Module, calibration: CalibrationSet, layer
         return hook
 
     handles = [denoiser.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in layers]
+    calls = (entry.call_kwargs() for entry in tqdm(entries, desc="replay calibration inputs", unit="call",
+                                                   disable=not progress))
+    replay(denoiser, calls, handles)
+    return {name: LayerInputs(torch.cat([r for r, _ in parts]), torch.cat([c for _, c in parts]))
+            for name, parts in collected.items() if parts}
+
+
+def replay(denoiser: nn.Module, calls, handles: list, mode=None) -> None:
+    """Run `denoiser(**kwargs)` for each call without gradients (inside `mode`, e.g. a torch-function
+    mode, when given), then remove the hook `handles`, also when a call raises."""
     try:
-        with torch.no_grad():
-            for entry in tqdm(entries, desc="replay calibration inputs", unit="call", disable=not progress):
-                denoiser(**entry.call_kwargs())
+        with torch.no_grad(), mode or nullcontext():
+            for kwargs in calls:
+                denoiser(**kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: LayerInputs(torch.cat([r for r, _ in parts]), torch.cat([c for _, c in parts]))
-            for name, parts in collected.items() if parts}

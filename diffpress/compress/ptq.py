@@ -96,7 +96,7 @@ def _input_sources(denoiser: nn.Module, calibration: CalibrationSet | None, plan
     bos = {fqn for fqn, (m, plan) in plans.items() if plan.bos_aware and isinstance(m, nn.Linear)}
     if not (splitting or bos):
         return {}, {}
-    calls = [entry.call_kwargs() for bucket in sorted(calibration.reservoir) for entry in calibration.reservoir[bucket]]
+    calls = [entry.call_kwargs() for entry in calibration.entries()]
     if not calls:
         raise ValueError("split_shortcuts and bos_aware replay calibration calls, but the reservoir is empty")
     splits = find_concat_splits(denoiser, calls[0]) if splitting else {}

@@ -297,8 +297,7 @@ def measured_layers(denoiser: nn.Module, skip: Sequence) -> list[tuple[LayerInfo
 
 
 def _replay(denoiser: nn.Module, calibration: CalibrationSet, calls_per_bucket: int) -> _Replay:
-    calls = [entry for bucket in sorted(calibration.reservoir)
-             for entry in calibration.reservoir[bucket][:calls_per_bucket]]
+    calls = calibration.entries(calls_per_bucket)
     if not calls:
         raise InputError("the calibration set has no reservoir entries to replay; calibrate with reservoir_size >= 1")
     reference = [_denoise(denoiser, entry) for entry in calls]

@@ -65,6 +65,27 @@ def encode_activation(scaled, IS_FP8: tl.constexpr):
 
 
 @triton.jit
+def dot_8bit(a, b, acc, IS_FP8: tl.constexpr, MAX_IMPRECISE_ACC: tl.constexpr):
+    """acc + a @ b for 8-bit operands; FP8 promotes the accumulator to fp32 every MAX_IMPRECISE_ACC
+    products (Hopper's FP8 MMA accumulates in reduced precision otherwise)."""
+    if IS_FP8:
+        acc = tl.dot(a, b, acc, max_num_imprecise_acc=MAX_IMPRECISE_ACC)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def group_scaled_dot(a, b, w_scale, IS_FP8: tl.constexpr, MAX_IMPRECISE_ACC: tl.constexpr):
+    """One K group's a @ b in fp32, times that group's per-column weight scales (BLOCK_N,)."""
+    if IS_FP8:
+        part = tl.dot(a, b, max_num_imprecise_acc=MAX_IMPRECISE_ACC)
+    else:
+        part = tl.dot(a, b).to(tl.float32)
+    return part * w_scale[None, :]
+
+
+@triton.jit
 def unpack_nibble_tile(packed):
     """(BLOCK_K // 2, BLOCK_N) uint8 bytes -> (BLOCK_K, BLOCK_N) int32 nibbles; even k in the low nibble."""
     as_int = packed.to(tl.int32)

@@ -19,8 +19,8 @@ import triton.language as tl
 
 from ..formats import QuantFormat
 from . import kernel_configs
-from ._triton_common import (check_linear_operands, fp4_value_doubled, int4_value, interpreting, scale_strides,
-                             store_output, tile_ids, triton_dtype, unpack_nibble_tile)
+from ._triton_common import (check_linear_operands, dot_8bit, fp4_value_doubled, group_scaled_dot, int4_value,
+                             interpreting, scale_strides, store_output, tile_ids, triton_dtype, unpack_nibble_tile)
 from .quantize_act import quantize_activation
 
 
@@ -66,10 +66,7 @@ def w4a8_kernel(a_ptr, b_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr,
         nibbles = unpack_nibble_tile(packed)
         if GROUP == 0:
             b = _weight_operand(nibbles, nibbles >= 0, WEIGHT_FP4, IS_FP8)
-            if IS_FP8:
-                acc = tl.dot(a, b, acc, max_num_imprecise_acc=MAX_IMPRECISE_ACC)
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = dot_8bit(a, b, acc, IS_FP8, MAX_IMPRECISE_ACC)
         else:
             for sub in tl.static_range(SUB):
                 keep = ((in_tile // GROUP) == sub)[:, None] if SUB > 1 else nibbles >= 0
@@ -77,11 +74,7 @@ def w4a8_kernel(a_ptr, b_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, c_ptr,
                 group_index = (k0 + sub * GROUP) // GROUP
                 w_scale = tl.load(w_scale_ptr + offs_n * stride_sn + group_index * stride_sg, mask=offs_n < N,
                                   other=0.0).to(tl.float32)
-                if IS_FP8:
-                    part = tl.dot(a, b, max_num_imprecise_acc=MAX_IMPRECISE_ACC)
-                else:
-                    part = tl.dot(a, b).to(tl.float32)
-                acc += part * w_scale[None, :]
+                acc += group_scaled_dot(a, b, w_scale, IS_FP8, MAX_IMPRECISE_ACC)
     a_scale = tl.load(a_scale_ptr + offs_m, mask=offs_m < M, other=1.0)
     y = acc.to(tl.float32) * (a_scale[:, None] * UNDO)
     if GROUP == 0:

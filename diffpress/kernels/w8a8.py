@@ -18,8 +18,8 @@ import triton.language as tl
 
 from ..formats import QuantFormat, spec_of
 from . import kernel_configs
-from ._triton_common import (check_linear_operands, encode_activation, interpreting, scale_strides, store_output,
-                             tile_ids, triton_dtype)
+from ._triton_common import (check_linear_operands, dot_8bit, encode_activation, group_scaled_dot, interpreting,
+                             scale_strides, store_output, tile_ids, triton_dtype)
 from .quantize_act import quantize_activation
 
 CODES, DYNAMIC_PROLOGUE, STATIC_PROLOGUE = 0, 1, 2
@@ -69,15 +69,9 @@ def w8a8_kernel(a_ptr, b_ptr, a_scale_ptr, static_scale_ptr, w_scale_ptr, bias_p
         if GROUP > 0:
             w_scale = tl.load(w_scale_ptr + offs_n * stride_sn + (k0 // GROUP) * stride_sg, mask=offs_n < N,
                               other=0.0).to(tl.float32)
-            if IS_FP8:
-                part = tl.dot(a, b, max_num_imprecise_acc=MAX_IMPRECISE_ACC)
-            else:
-                part = tl.dot(a, b).to(tl.float32)
-            acc += part * w_scale[None, :]
-        elif IS_FP8:
-            acc = tl.dot(a, b, acc, max_num_imprecise_acc=MAX_IMPRECISE_ACC)
+            acc += group_scaled_dot(a, b, w_scale, IS_FP8, MAX_IMPRECISE_ACC)
         else:
-            acc = tl.dot(a, b, acc)
+            acc = dot_8bit(a, b, acc, IS_FP8, MAX_IMPRECISE_ACC)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
     c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if RAW:

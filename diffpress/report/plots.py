@@ -72,12 +72,7 @@ def activation_ranges(report: SensitivityReport, layers: list[str]) -> bytes:
         values = report.activation_absmax.get(fqn, [])
         points = [(b, v) for b, v in enumerate(values) if v is not None]
         axis.plot([b for b, _ in points], [v for _, v in points], "o-", label=_short(fqn))
-    axis.set_xlabel("timestep bucket (0 = least noisy)")
-    axis.set_ylabel("input absmax")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    return _png(figure)
+    return _line_chart_png(figure, axis, "timestep bucket (0 = least noisy)", "input absmax")
 
 
 def size_curve(curve: list[dict]) -> bytes:
@@ -88,8 +83,13 @@ def size_curve(curve: list[dict]) -> bytes:
     axis.plot([p["avg_bits"] for p in mixed], [p["predicted_sqnr_db"] for p in mixed], "o-", label="mixed (ILP)")
     for point in (p for p in curve if p["kind"] != "mixed"):
         axis.plot(point["avg_bits"], point["predicted_sqnr_db"], "s", label=f"uniform {point['kind']}")
-    axis.set_xlabel("average weight bits")
-    axis.set_ylabel("predicted output SQNR (dB)")
+    return _line_chart_png(figure, axis, "average weight bits", "predicted output SQNR (dB)")
+
+
+def _line_chart_png(figure, axis, xlabel: str, ylabel: str) -> bytes:
+    """Axis labels, a light grid and a legend, then the figure as PNG bytes."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
