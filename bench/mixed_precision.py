@@ -1,23 +1,30 @@
 """Mixed precision (sensitivity + integer program) vs uniform presets on builtin:digits (CPU).
 
-    python bench/mixed_precision.py [--num-samples 200] [--methods full]
-        # bench/results/mixed-precision-digits.json and mixed-precision-digits.png
+    python bench/mixed_precision.py [--num-samples 200]
+        # bench/results/mixed-precision-digits.json, mixed-precision-digits.png and
+        # mixed-precision-digits-sensitivity.json
 
-One calibration set (32 samples x 25 DDIM steps, 8 buckets, 4 calls kept per bucket, seed 0, as in
-bench/ptq_ablation.py). Sensitivity of every quantizable layer (the default skip list excluded)
-to w4a8-int and w8a8-int8, measured with their round-to-nearest variants on 2 reservoir calls per
-bucket, plus the image metric (8 samples x 10 steps) on 4 layers. Allocation by integer program at
-average weight bits 4, 4.5, 5, 6, 8 (weights 4 or 8 bits, activations 8-bit INT everywhere). Each
-configuration is quantized with the chosen presets' full methods (`--methods full`: w4a8-int layers
-get MSE clipping + searched smoothing + learned rounding) and sampled with the eval harness (same
-labels, seeds and noise as `diffpress eval`). Weight bytes: qdata + scales of the quantized layers
-(the 72 allocated layers; skip-listed layers, biases, norms and method buffers are not counted).
+What `diffpress compress --preset mixed` does, step by step, with every number kept:
+- one calibration set (32 samples x 25 DDIM steps, 8 buckets, 4 calls kept per bucket, seed 0);
+- each candidate (w4a8-int, w8a8-int8-learned) quantizes a copy of the UNet with its full preset
+  (learned rounding, clipping search; smoothing for w4a8-int), giving one module per (layer, candidate);
+- sensitivity of every quantizable layer (the default skip list excluded) with those modules: output
+  SQNR on 2 reservoir calls per bucket, and the image metric (16 samples x 25 steps) for every layer;
+- allocation by integer program at average weight bits 4, 4.5, 5, 6, 8 (weights 4 or 8 bits,
+  8-bit INT activations everywhere), costed by the image metric; one more 5-bit allocation costed by
+  the output metric alone, for comparison;
+- each allocation assembled from the measured modules (`quantize_model(..., ready=...)`) and sampled
+  with the eval harness (same labels, seeds and noise as `diffpress eval`).
+Uniform rows: each candidate, and the w8a8-int8 preset (round-to-nearest INT8, no calibration) that
+the acceptance target names. Weight bytes: qdata + scales of the 72 allocated layers (skip-listed
+layers, biases, norms and method buffers are not counted).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
 import platform
 import subprocess
 import time
@@ -26,17 +33,20 @@ from pathlib import Path
 
 import torch
 
-from diffpress.api import load_pipeline, measure_sensitivity
+from diffpress.api import load_pipeline, measure_sensitivity, pipeline_image_probe
 from diffpress.calibration import calibrate
 from diffpress.compress.allocate import Allocation, Budget, allocate, choices_from_report, uniform_allocation
 from diffpress.compress.ptq import quantize_model
-from diffpress.compress.sensitivity import SensitivityOptions, SensitivityReport
+from diffpress.compress.sensitivity import LayerVariants, SensitivityOptions, SensitivityReport, measured_layers
 from diffpress.evaluate import EvalSettings, _labels_and_noise, _sample, _side
+from diffpress.recipe import Recipe, Rule, preset
 from diffpress.zoo import BUILTINS
 from diffpress.zoo.digits import load_eval_kit
 
-CANDIDATES = ("w4a8-int", "w8a8-int8")
+CANDIDATES = ("w4a8-int", "w8a8-int8-learned")
+BASELINE = "w8a8-int8"  # the uniform preset the acceptance target compares with
 BUDGETS = (4.0, 4.5, 5.0, 6.0, 8.0)
+IMAGE_SAMPLES, IMAGE_STEPS = 16, 25
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -52,10 +62,10 @@ def quantized_weight_bytes(denoiser, layers) -> int:
 
 
 class Runner:
-    """Quantize + sample each distinct allocation once (uniform w4a8-int == mixed at 4 bits)."""
+    """Assemble + sample each distinct allocation once (uniform w4a8-int == mixed at 4 bits)."""
 
-    def __init__(self, pipe, calibration, settings, methods: str) -> None:
-        self.pipe, self.float_unet, self.calibration, self.methods = pipe, pipe.unet, calibration, methods
+    def __init__(self, pipe, calibration, settings, variants: LayerVariants) -> None:
+        self.pipe, self.float_unet, self.calibration, self.variants = pipe, pipe.unet, calibration, variants
         self.settings = settings
         self.classifier, self.real = load_eval_kit(BUILTINS["digits"].path)
         self.labels, self.noise = _labels_and_noise(settings)
@@ -66,42 +76,47 @@ class Runner:
     def measure(self, allocation: Allocation) -> dict:
         key = tuple(sorted(allocation.choice.items()))
         if key not in self.cache:
-            self.cache[key] = self._run(allocation)
+            self.cache[key] = self._run(allocation.to_recipe(), self.variants.full_modules(allocation.choice),
+                                        allocation.choice)
         return self.cache[key]
 
-    def _run(self, allocation: Allocation) -> dict:
+    def measure_preset(self, name: str, layers) -> dict:
+        recipe = Recipe(default=None, rules=tuple(Rule(fqn, preset(name)) for fqn in layers))
+        return self._run(recipe, None, layers)
+
+    def _run(self, recipe: Recipe, ready, layers) -> dict:
         self.pipe.unet = copy.deepcopy(self.float_unet)
         started = time.perf_counter()
-        quantize_model(self.pipe.unet, allocation.to_recipe(fast=self.methods == "rtn"), self.calibration)
+        quantize_model(self.pipe.unet, recipe, self.calibration, ready=ready)
         quantize_seconds = time.perf_counter() - started
         images, seconds = _sample(self.pipe, self.labels, self.noise, self.settings, False)
         side = _side(self.reference_images, images, self.labels, self.classifier, self.real, self.pipe, seconds)
-        weight_bytes = quantized_weight_bytes(self.pipe.unet, allocation.choice)
+        weight_bytes = quantized_weight_bytes(self.pipe.unet, layers)
         self.pipe.unet = self.float_unet
         return {**side.to_dict(), "quantized_weight_bytes": weight_bytes, "quantize_seconds": round(quantize_seconds, 1)}
 
 
 def row(kind: str, allocation: Allocation, measured: dict) -> dict:
     return {"kind": kind, "avg_bits": round(allocation.avg_bits, 4), "counts": allocation.counts,
-            "predicted_output_sqnr_db": round(-10 * __import__("math").log10(max(allocation.objective, 1e-30)), 2),
+            "predicted_image_snr_db": round(-10 * math.log10(max(allocation.objective, 1e-30)), 2),
             "solve_seconds": round(allocation.solve_seconds, 3), **measured, "choice": allocation.choice}
 
 
-def plot(rows: list[dict], path: Path, methods: str) -> None:
+def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mixed = sorted((r for r in rows if r["kind"] == "mixed"), key=lambda r: r["avg_bits"])
-    uniform = [r for r in rows if r["kind"] != "mixed"]
+    uniform = [r for r in rows if r["kind"] not in ("mixed", "mixed-output-metric")]
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     axis.plot([r["avg_bits"] for r in mixed], [r["psnr_db"] for r in mixed], "o-", label="mixed (ILP)")
     for r in uniform:
         axis.plot(r["avg_bits"], r["psnr_db"], "s", markersize=9, label=f"uniform {r['kind']}")
     axis.set_xlabel("average weight bits (parameter-weighted)")
     axis.set_ylabel("PSNR vs float samples (dB)")
-    axis.set_title(f"builtin:digits: quality vs size ({methods} methods)")
+    axis.set_title("builtin:digits: quality vs size (mixed vs uniform)")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -112,12 +127,12 @@ def plot(rows: list[dict], path: Path, methods: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-samples", type=int, default=200)
-    parser.add_argument("--methods", choices=["full", "rtn"], default="full")
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS),
                         help="average weight bits to allocate at (default 4 4.5 5 6 8)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2 cores are shared)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--reuse-sensitivity", action="store_true",
-                        help="load the saved sensitivity JSON instead of measuring again (same calibration)")
+                        help="load the saved sensitivity JSON instead of measuring again (the modules are "
+                             "still quantized: the allocations are assembled from them)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -126,54 +141,71 @@ def main() -> None:
     calibration = calibrate(pipe, list(range(10)), num_inference_steps=25, num_samples=32, seed=0, buckets=8,
                             reservoir_size=4, progress=False)
     calibration_seconds = time.perf_counter() - started
+    options = SensitivityOptions(CANDIDATES, calls_per_bucket=2, image_layers=None, progress=True, methods="full")
     started = time.perf_counter()
+    variants = LayerVariants.build(pipe.unet, measured_layers(pipe.unet, options.skip), calibration, options)
+    quantize_seconds = time.perf_counter() - started
     saved = RESULTS / "mixed-precision-digits-sensitivity.json"
     if args.reuse_sensitivity:
         report = SensitivityReport.load(saved)
     else:
-        report = measure_sensitivity(pipe, calibration, SensitivityOptions(CANDIDATES, 2, 4, progress=True),
-                                     items=list(range(10)))
+        report = measure_sensitivity(pipe, calibration, options, IMAGE_SAMPLES, IMAGE_STEPS, list(range(10)), variants)
+        report.info["quantize_seconds"] = round(quantize_seconds, 2)
         report.save(saved)
-    sensitivity_seconds = report.info["output_seconds"] + report.info["image_seconds"]
-    print(f"calibration {calibration_seconds:.1f} s, sensitivity {sensitivity_seconds:.1f} s", flush=True)
+    print(f"calibration {calibration_seconds:.1f} s, quantize {quantize_seconds:.1f} s, sensitivity "
+          f"{report.info['output_seconds'] + report.info['image_seconds']:.1f} s", flush=True)
     layers = choices_from_report(report, CANDIDATES)
     allocations = {bits: allocate(layers, Budget(avg_bits=bits)) for bits in args.budgets}
     repeat = {bits: allocate(layers, Budget(avg_bits=bits)).choice for bits in args.budgets}
     deterministic = all(repeat[b] == allocations[b].choice for b in args.budgets)
-    runner = Runner(pipe, calibration, EvalSettings(num_samples=args.num_samples), args.methods)
+    output_only = SensitivityReport.from_dict({**report.to_dict(), "image": {}})
+    output_allocation = allocate(choices_from_report(output_only, CANDIDATES), Budget(avg_bits=5.0))
+    runner = Runner(pipe, calibration, EvalSettings(num_samples=args.num_samples), variants)
     rows = []
     for name in CANDIDATES:
         rows.append(row(name, uniform_allocation(layers, name), runner.measure(uniform_allocation(layers, name))))
-        print(json.dumps({k: rows[-1][k] for k in ("kind", "avg_bits", "psnr_db", "quantized_weight_bytes")}), flush=True)
+        _print(rows[-1])
+    baseline = uniform_allocation(layers, CANDIDATES[1])
+    rows.append({**row(BASELINE, baseline, runner.measure_preset(BASELINE, list(baseline.choice))),
+                 "counts": {BASELINE: len(baseline.choice)}, "predicted_image_snr_db": None,
+                 "choice": "every layer " + BASELINE})
+    _print(rows[-1])
     for bits, allocation in allocations.items():
         rows.append(row("mixed", allocation, runner.measure(allocation)))
-        print(json.dumps({k: rows[-1][k] for k in ("kind", "avg_bits", "psnr_db", "quantized_weight_bytes",
-                                                    "counts")}), flush=True)
-    write(args, rows, runner, deterministic, calibration_seconds, sensitivity_seconds, report)
+        _print(rows[-1])
+    rows.append(row("mixed-output-metric", output_allocation, runner.measure(output_allocation)))
+    _print(rows[-1])
+    write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report)
 
 
-def write(args, rows, runner, deterministic, calibration_seconds, sensitivity_seconds, report) -> None:
+def _print(r: dict) -> None:
+    print(json.dumps({k: r[k] for k in ("kind", "avg_bits", "psnr_db", "quantized_weight_bytes", "counts")}), flush=True)
+
+
+def write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    suffix = "" if args.methods == "full" else "-rtn"
     budgets = "" if list(args.budgets) == list(BUDGETS) else " --budgets " + " ".join(f"{b:g}" for b in args.budgets)
-    png = RESULTS / f"mixed-precision-digits{suffix}.png"
-    plot(rows, png, args.methods)
+    png = RESULTS / "mixed-precision-digits.png"
+    plot(rows, png)
     result = {"device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
               "date": date.today().isoformat(), "commit": commit,
-              "command": f"python bench/mixed_precision.py --num-samples {args.num_samples} --methods {args.methods}"
-                         + budgets + (" --reuse-sensitivity" if args.reuse_sensitivity else ""), "threads": args.threads,
-              "model": "builtin:digits", "candidates": list(CANDIDATES), "methods": args.methods,
+              "command": f"python bench/mixed_precision.py --num-samples {args.num_samples}" + budgets
+                         + (" --reuse-sensitivity" if args.reuse_sensitivity else ""), "threads": args.threads,
+              "model": "builtin:digits", "candidates": list(CANDIDATES), "baseline": BASELINE, "methods": "full",
               "eval": {"num_samples": runner.settings.num_samples, "steps": runner.settings.steps,
                        "seed": runner.settings.seed},
               "calibration": {"samples": 32, "steps": 25, "buckets": 8, "reservoir_per_bucket": 4,
                               "seconds": round(calibration_seconds, 1)},
-              "sensitivity": {"calls_per_bucket": 2, "image_layers": list(report.image),
-                              "seconds": round(sensitivity_seconds, 1),
+              "sensitivity": {"calls_per_bucket": 2, "image_layers": len(report.image),
+                              "image_probe": {"samples": IMAGE_SAMPLES, "steps": IMAGE_STEPS},
+                              "quantize_seconds": round(quantize_seconds, 1),
+                              "output_seconds": report.info["output_seconds"],
+                              "image_seconds": report.info["image_seconds"],
                               "file": "mixed-precision-digits-sensitivity.json"},
               "bytes_counted": "qdata + scales of the allocated (quantized) layers",
               "allocation_deterministic": deterministic, "reference": runner.reference.to_dict(),
               "curve_png": png.name, "rows": rows}
-    (RESULTS / f"mixed-precision-digits{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / "mixed-precision-digits.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

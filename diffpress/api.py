@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from .errors import InputError
 from .recipe import Recipe, preset_recipe
 
 MIXED_PRESET = "mixed"  # compress.allocate.MIXED_PRESET, repeated so this module imports nothing heavy
+MIXED_CANDIDATES = ("w4a8-int", "w8a8-int8-learned")  # measured best pair on builtin:digits (bench/results)
 
 
 @dataclass
@@ -69,16 +71,16 @@ def compress(model: str | Path, preset_name: str | None, out: str | Path, overwr
     source = checkpoints.resolve(model)
     _refuse_compressed(source)
     io.check_output(Path(out), overwrite, (source.root,))
-    allocation = None
+    allocation, ready = None, None
     if mixed is not None:
-        spec, allocation, calibration_set, denoiser = _mixed_recipe(model, source, mixed, calibration, progress)
+        spec, allocation, calibration_set, denoiser, ready = _mixed_recipe(model, source, mixed, calibration, progress)
     else:
         spec = recipe if isinstance(recipe, Recipe) else load_recipe(preset_name, recipe)
         calibration_set, denoiser = _calibration_for(model, source, spec, calibration, progress)
     bytes_before = tensor_bytes(denoiser)
     from .compress.ptq import quantize_model
 
-    report = quantize_model(denoiser, spec, calibration_set, progress=progress)
+    report = quantize_model(denoiser, spec, calibration_set, progress=progress, ready=ready)
     if not report.quantized:
         raise InputError(f"{source.denoiser_dir}: no layer to quantize (every Linear/Conv2d is on the skip list)")
     attachments = {"recipe.yaml": spec.to_yaml()}
@@ -98,19 +100,24 @@ def compress(model: str | Path, preset_name: str | None, out: str | Path, overwr
 class MixedOptions:
     """`compress --preset mixed`: a size budget (exactly one of avg_bits, max_bytes), candidates, method.
 
-    methods: "full" quantizes each layer with its chosen preset's full methods (learned rounding for
-    w4a8-int: minutes), "rtn" with the round-to-nearest variants sensitivity was measured with.
-    latency_table: JSON file candidate -> cost per weight element (a kernel benchmark); with
-    max_latency it bounds the summed cost (without a table: stored bytes stand in).
+    methods: "full" measures and quantizes each layer with its candidates' full presets (learned
+    rounding: minutes); the modules measured are the ones saved. "rtn": the round-to-nearest variants.
+    image_layers: layers costed by the final-image metric (None: all; 0: output metric only).
+    image_samples / image_steps: samples and sampler steps of the image metric (steps default: the
+    calibration's). latency_table: JSON file candidate -> cost per weight element (a kernel
+    benchmark); with max_latency it bounds the summed cost (without a table: stored bytes stand in).
     """
 
     avg_bits: float | None = None
     max_bytes: int | None = None
     max_latency: float | None = None
-    candidates: tuple[str, ...] = ("w4a8-int", "w8a8-int8")
+    candidates: tuple[str, ...] = MIXED_CANDIDATES
     calls_per_bucket: int = 2
     methods: str = "full"
     latency_table: str | Path | None = None
+    image_layers: int | None = None
+    image_samples: int = 16
+    image_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.methods not in ("full", "rtn"):
@@ -124,17 +131,26 @@ class MixedOptions:
 
 
 def _mixed_recipe(model, source, mixed: MixedOptions, options: CalibrationOptions, progress: bool):
-    """(recipe, allocation, calibration set, float denoiser) for preset `mixed`."""
-    from .compress.sensitivity import SensitivityOptions
+    """(recipe, allocation, calibration set, float denoiser, ready modules) for preset `mixed`."""
+    from .calibration import find_denoiser
+    from .compress.sensitivity import LayerVariants, SensitivityOptions, measured_layers
 
     budget = mixed.budget  # validate before the long part
     calibration_set, pipe = _calibration_set(model, source, options, progress)
-    report = measure_sensitivity(pipe, calibration_set,
-                                 SensitivityOptions(mixed.candidates, mixed.calls_per_bucket, 0, progress=progress))
+    sensitivity_options = SensitivityOptions(mixed.candidates, mixed.calls_per_bucket, mixed.image_layers,
+                                             progress=progress, methods=mixed.methods)
+    denoiser = find_denoiser(pipe)
+    variants = LayerVariants.build(denoiser, measured_layers(denoiser, sensitivity_options.skip), calibration_set,
+                                   sensitivity_options)
+    report = measure_sensitivity(pipe, calibration_set, sensitivity_options, mixed.image_samples,
+                                 mixed.image_steps or options.steps, _items(model, options), variants)
     allocation = allocate(report, budget, latency_table=mixed.latency_table)
-    from .calibration import find_denoiser
+    return (allocation.to_recipe(fast=mixed.methods == "rtn"), allocation, calibration_set, denoiser,
+            variants.full_modules(allocation.choice))
 
-    return allocation.to_recipe(fast=mixed.methods == "rtn"), allocation, calibration_set, find_denoiser(pipe)
+
+def _items(model, options: CalibrationOptions):
+    return options.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
 
 
 def _calibration_set(model, source, options: CalibrationOptions, progress: bool):
@@ -147,7 +163,7 @@ def _calibration_set(model, source, options: CalibrationOptions, progress: bool)
     pipe = load_pipeline(model)
     if options.calibration_file is not None:
         return CalibrationSet.load(options.calibration_file), pipe
-    items = options.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
+    items = _items(model, options)
     if not items:
         raise InputError("sensitivity needs calibration data: give --calib-prompts FILE, --calib-labels or "
                          "--calibration FILE")
@@ -174,32 +190,66 @@ def pipeline_image_probe(pipe, items, num_samples: int = 8, steps: int = 10, see
     return probe
 
 
-def measure_sensitivity(pipe, calibration_set, options, image_samples: int = 8, image_steps: int = 10,
-                        items=None):
-    """Sensitivity of the pipeline's denoiser on `calibration_set`; the image metric samples the pipeline."""
+def measure_sensitivity(pipe, calibration_set, options, image_samples: int = 16, image_steps: int = 25,
+                        items=None, variants=None):
+    """Sensitivity of the pipeline's denoiser on `calibration_set`; the image metric samples the pipeline
+    (`image_samples` samples of `items`, `image_steps` sampler steps; no `items`: no image metric)."""
     from .calibration import find_denoiser
     from .compress.sensitivity import measure_sensitivity as measure
 
     probe = None
-    if options.image_layers and items:
+    if options.image_layers != 0 and items:
         probe = pipeline_image_probe(pipe, list(items), image_samples, image_steps)
-    return measure(find_denoiser(pipe), calibration_set, options, probe)
+    return measure(find_denoiser(pipe), calibration_set, options, probe, variants)
 
 
 def sensitivity(model: str | Path, options=None, calibration: CalibrationOptions = CalibrationOptions(),
-                image_samples: int = 8, image_steps: int = 10, progress: bool = False):
-    """Calibrate MODEL (or load --calibration) and measure per-layer, per-bucket sensitivity (MixDQ)."""
-    from .compress.sensitivity import SensitivityOptions
+                image_samples: int = 16, image_steps: int | None = None, progress: bool = False,
+                curve: bool = True):
+    """Calibrate MODEL (or load --calibration) and measure per-layer, per-bucket sensitivity (MixDQ).
+
+    image_steps default: the calibration's sampler steps. curve: also quantize the model as a whole at
+    each point of the quality-vs-size curve (compress.allocate.curve_allocations) and measure it on the
+    image metric's samples (report.info["measured_curve"]).
+    """
+    from .calibration import find_denoiser
+    from .compress.sensitivity import LayerVariants, SensitivityOptions, measure_sensitivity as measure, measured_layers
 
     options = options or SensitivityOptions(progress=progress)
     source = checkpoints.resolve(model)
     calibration_set, pipe = _calibration_set(model, source, calibration, progress)
-    items = calibration.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
-    report = measure_sensitivity(pipe, calibration_set, options, image_samples, image_steps, items)
+    steps = image_steps or calibration.steps
+    items = _items(model, calibration)
+    probe = pipeline_image_probe(pipe, list(items), image_samples, steps) if items else None
+    denoiser = find_denoiser(pipe)
+    variants = LayerVariants.build(denoiser, measured_layers(denoiser, options.skip), calibration_set, options)
+    report = measure(denoiser, calibration_set, options, probe if options.image_layers != 0 else None, variants)
     report.info.update({"model": str(model), "calibration": {"samples": calibration.num_samples,
                         "steps": calibration.steps, "buckets": calibration.buckets,
-                        "reservoir_per_bucket": calibration.reservoir_size, "seed": calibration.seed}})
+                        "reservoir_per_bucket": calibration.reservoir_size, "seed": calibration.seed},
+                        "image_probe": {"samples": image_samples, "steps": steps}})
+    if curve and probe is not None:
+        report.info["measured_curve"] = measured_curve(report, denoiser, variants, probe, progress)
     return report
+
+
+def measured_curve(report, denoiser, variants, probe, progress: bool = False) -> list[dict]:
+    """Each curve allocation quantized as a whole, scored on the probe's samples against the float model's."""
+    from tqdm.auto import tqdm
+
+    from .compress.allocate import choices_from_report, curve_allocations
+    from .compress.sensitivity import measure_choice
+    from .report.render import curve_point
+
+    reference = probe(denoiser).detach().float()
+    points = []
+    for kind, allocation in tqdm(curve_allocations(choices_from_report(report), report.candidates),
+                                 desc="quality-vs-size curve", unit="allocation", disable=not progress):
+        score = measure_choice(denoiser, variants, allocation.choice, probe, reference)
+        psnr = round(score.psnr_db, 3) if math.isfinite(score.psnr_db) else None  # None: non-finite samples
+        points.append({**curve_point(kind, allocation), "psnr_db": psnr,
+                       "ssim": None if score.ssim is None else round(score.ssim, 5)})
+    return points
 
 
 def allocate(report, budget, candidates=None, latency_table: str | Path | dict | None = None, weights=None):
@@ -212,7 +262,7 @@ def allocate(report, budget, candidates=None, latency_table: str | Path | dict |
 
 def sensitivity_report(model: str | Path, out: str | Path, options=None,
                        calibration: CalibrationOptions = CalibrationOptions(), avg_bits: float = 5.0,
-                       top_k: int = 5, image_samples: int = 8, image_steps: int = 10, overwrite: bool = False,
+                       top_k: int = 5, image_samples: int = 16, image_steps: int | None = None, overwrite: bool = False,
                        progress: bool = False):
     """Measure sensitivity and write DIR/report.json, report.html (self-contained) and report.md."""
     from .report import write_report
@@ -241,7 +291,7 @@ def _calibration_for(model, source, recipe: Recipe, options: CalibrationOptions,
     if not source.is_pipeline:
         raise InputError(f"{source.root}: this recipe's methods need calibration data; pass a pipeline "
                          "directory (or builtin:NAME) to calibrate on, or --calibration FILE")
-    items = options.labels_or_prompts or (tuple(range(10)) if _takes_labels(model) else None)
+    items = _items(model, options)
     if not items:
         raise InputError("this recipe's methods need calibration data: give --calib-prompts FILE, "
                          "--calib-labels or --calibration FILE")

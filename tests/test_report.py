@@ -57,7 +57,8 @@ def test_recipes_are_usable(report_dir):
 
 def test_html_is_self_contained_with_tables_images_and_sorting(report_dir):
     html = (report_dir / "report.html").read_text()
-    assert html.count("<table") == 3 and "class='sortable'" in html
+    assert html.count("<table") == 4 and "class='sortable'" in html
+    assert "Quality vs size (predicted)" in html  # a report without samples says its curve is predicted
     assert html.count("src='data:image/png;base64,") == 4
     assert "addEventListener('click'" in html
     assert "http://" not in html and "https://" not in html  # nothing fetched from a network
@@ -78,7 +79,7 @@ def test_renders_in_headless_chromium(report_dir, tmp_path):
     page = (report_dir / "report.html").resolve().as_uri()
     dom = _chromium(f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", page)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<table") == 3 and dom.stdout.count("<img") == 4
+    assert dom.stdout.count("<table") == 4 and dom.stdout.count("<img") == 4
     assert dom.stdout.count("<tr>") >= 12 + 5
     shot = tmp_path / "shot.png"
     result = _chromium(f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}",
@@ -107,6 +108,10 @@ def test_cli_sensitivity_writes_the_report(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(data["sensitivity"]["layers"]) == 72 and len(data["sensitivity"]["image"]) == 1
+    measured = {(p["kind"], p["avg_bits"]): p["psnr_db"] for p in data["curve"]}
+    assert {"w4a8-int", "w8a8-int8"} <= {kind for kind, _ in measured} and len(measured) == 7
+    assert measured["w8a8-int8", 8.0] > measured["w4a8-int", 4.0]  # sampled, so 8 bits must beat 4
+    assert "Quality vs size (measured)" in (tmp_path / "r" / "report.html").read_text()
     assert data["allocation"]["avg_bits"] <= 5 + 1e-9
     assert Recipe.load(tmp_path / "r" / "recipe.yaml").rules
     assert main(["sensitivity", "builtin:digits", "--out", str(tmp_path / "r"), "--quiet"]) == 2

@@ -1,6 +1,7 @@
 """Per-layer sensitivity (compress/sensitivity.py): ranking, buckets, image metric, restore, determinism."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -86,8 +87,8 @@ def test_deterministic_and_json_round_trip(toy, tmp_path):
     options = SensitivityOptions(FAST, image_layers=0, progress=False)
     first = measure_sensitivity(model, calibration, options).to_dict()
     second = measure_sensitivity(model, calibration, options).to_dict()
-    first["info"].pop("output_seconds"), second["info"].pop("output_seconds")
-    first["info"].pop("image_seconds"), second["info"].pop("image_seconds")
+    for key in ("quantize_seconds", "output_seconds", "image_seconds"):
+        first["info"].pop(key), second["info"].pop(key)
     assert first == second
     report = SensitivityReport.from_dict(first)
     path = report.save(tmp_path / "s.json")
@@ -108,8 +109,49 @@ def test_image_metric_on_selected_layers(toy):
     assert len(report.image) == 2 and "loud" in report.image
     loud = report.image["loud"]
     assert loud["bf16"].psnr_db > loud["w8a8-int8"].psnr_db > loud["w4a8-int"].psnr_db
-    assert report.cost("loud", "w4a8-int") >= report.output_error("loud", "w4a8-int")
     assert image_metric_layers(report, 2) == list(report.image)
+    # the allocator's cost: the image error where measured, the output error in image units elsewhere
+    assert report.cost("loud", "w4a8-int") == loud["w4a8-int"].relative_error
+    unmeasured = next(f for f in report.output_sqnr if f not in report.image)
+    factor = report.output_to_image
+    assert factor != 1.0
+    assert report.cost(unmeasured, "w4a8-int") == pytest.approx(factor * report.output_error(unmeasured, "w4a8-int"))
+
+    everything = measure_sensitivity(model, calibration, SensitivityOptions(FAST, progress=False), probe)
+    assert set(everything.image) == set(everything.output_sqnr)  # default: every layer gets the image metric
+    assert everything.ranking("w4a8-int")[0] == "loud"
+
+
+def test_full_methods_measure_the_modules_a_mixed_recipe_contains(toy):
+    from diffpress.compress.ptq import quantize_model
+    from diffpress.compress.sensitivity import LayerVariants, measured_layers
+    from diffpress.recipe import Recipe, Rule, preset
+
+    model, calibration = toy
+    names = ("w4a8-int", "w8a8-int8-learned")
+    options = SensitivityOptions(names, image_layers=0, progress=False, methods="full")
+    variants = LayerVariants.build(model, measured_layers(model, options.skip), calibration, options)
+    full = measure_sensitivity(model, calibration, options, variants=variants)
+    rtn = measure_sensitivity(model, calibration, SensitivityOptions(names, image_layers=0, progress=False))
+    assert full.info["methods"] == "full"
+    # learned rounding and clipping search recover part of the loud layer's 4-bit error
+    assert full.output_sqnr_db("loud", "w4a8-int") > rtn.output_sqnr_db("loud", "w4a8-int") + 0.5
+    assert all(isinstance(m, nn.Linear) for m in model.children())  # float modules put back
+
+    choice = {"quiet_a": "w8a8-int8-learned", "quiet_b": "w4a8-int", "loud": "w8a8-int8-learned"}
+    ready = variants.full_modules(choice)
+    recipe = Recipe(default=None, rules=tuple(Rule(f, preset(n)) for f, n in choice.items()))
+    fresh = copy.deepcopy(model)
+    quantize_model(fresh, recipe, calibration)  # quantized from scratch: the same modules, bit for bit
+    for fqn in choice:
+        assert torch.equal(fresh.get_submodule(fqn).qdata, ready[fqn].qdata), fqn
+        assert torch.equal(fresh.get_submodule(fqn).scales, ready[fqn].scales), fqn
+    assembled = copy.deepcopy(model)
+    report = quantize_model(assembled, recipe, calibration, ready=ready)
+    assert report.quantized == list(choice) and assembled.get_submodule("loud") is ready["loud"]
+    swapped_plans = Recipe(default=None, rules=tuple(Rule(f, preset("w4a8-int")) for f in choice))
+    with pytest.raises(ValueError, match="not the recipe's plan"):
+        quantize_model(copy.deepcopy(model), swapped_plans, calibration, ready=ready)
 
 
 def test_per_bucket_sqnr_sums_power_and_flags_non_finite():
@@ -134,6 +176,8 @@ def test_bad_options_name_the_field():
         SensitivityOptions(calls_per_bucket=0)
     with pytest.raises(InputError, match="name the preset"):
         SensitivityOptions(candidates=("w4a8-int-rtn",))
+    with pytest.raises(InputError, match="methods"):
+        SensitivityOptions(methods="learned")
 
 
 def test_diffusers_unet_every_layer_measured_skips_respected():

@@ -9,6 +9,8 @@ from textwrap import dedent
 from .. import __version__
 from ..recipe import PRESETS
 
+MIXED_CANDIDATES = ("w4a8-int", "w8a8-int8-learned")  # api.MIXED_CANDIDATES (the CLI imports nothing heavy)
+
 EXIT_USAGE_OR_INPUT = 2
 
 
@@ -75,12 +77,32 @@ def _add_mixed_arguments(parser) -> None:
                        help="optional latency budget in the cost table's units (default table: stored bytes)")
     mixed.add_argument("--latency-table", metavar="JSON", help="per-format cost per weight element, e.g. from a "
                                                                 "kernel benchmark: {\"w4a8-int\": 0.6, ...}")
-    mixed.add_argument("--candidates", nargs="+", default=["w4a8-int", "w8a8-int8"], metavar="FMT",
-                       help="formats to choose from (default: w4a8-int w8a8-int8); bf16 keeps a layer unquantized")
+    mixed.add_argument("--candidates", nargs="+", default=list(MIXED_CANDIDATES), metavar="FMT",
+                       help=f"formats to choose from (default: {' '.join(MIXED_CANDIDATES)}); bf16 keeps a layer "
+                            "unquantized")
     mixed.add_argument("--methods", choices=["full", "rtn"], default="full",
-                       help="full: each chosen preset's methods (learned rounding etc.); rtn: round-to-nearest")
+                       help="full (default): measure and quantize with each candidate's full methods (learned "
+                            "rounding etc.); rtn: round-to-nearest, faster and worse")
     mixed.add_argument("--sensitivity-calls", type=int, default=2, metavar="C",
                        help="reservoir calls replayed per timestep bucket to measure sensitivity (default 2)")
+    _add_image_metric_arguments(mixed)
+
+
+def _image_layers(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a layer count or 'all', got {text!r}")
+    return int(text)
+
+
+def _add_image_metric_arguments(group) -> None:
+    group.add_argument("--image-layers", type=_image_layers, default=None, metavar="K|all",
+                       help="layers costed by the final-image metric (default all; 0: output SQNR only, "
+                            "for large models where sampling per layer is too slow)")
+    group.add_argument("--image-samples", type=int, default=16, metavar="N", help="image-metric samples (default 16)")
+    group.add_argument("--image-steps", type=int, default=None, metavar="S",
+                       help="image-metric sampler steps (default: the calibration's --calib-steps)")
 
 
 def _mixed_options(args):
@@ -95,7 +117,8 @@ def _mixed_options(args):
     if not budget_given:
         raise InputError("--preset mixed needs a budget: --avg-bits B or --max-bytes N")
     return MixedOptions(args.avg_bits, args.max_bytes, args.max_latency, tuple(args.candidates),
-                        args.sensitivity_calls, args.methods, args.latency_table)
+                        args.sensitivity_calls, args.methods, args.latency_table, args.image_layers,
+                        args.image_samples, args.image_steps)
 
 
 def _calibration_options(args):
@@ -146,20 +169,23 @@ def _sensitivity_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sensitivity", help="per-layer, per-timestep quantization sensitivity report (HTML, markdown, JSON)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Calibrate MODEL, then quantize each layer alone with each candidate format (round-to-nearest "
-                    "variants) and measure the denoiser-output SQNR per timestep bucket on replayed calibration "
-                    "calls, plus final-image PSNR/SSIM for a few layers (MixDQ). Writes DIR/report.html "
-                    "(self-contained), report.md, report.json, the PNG figures, and recipe.yaml: the integer "
-                    "program's allocation at --avg-bits, usable with 'diffpress compress --recipe'.",
+        description="Calibrate MODEL, then quantize each layer alone with each candidate format and measure the "
+                    "damage two ways (MixDQ): the denoiser-output SQNR per timestep bucket on replayed calibration "
+                    "calls, and the PSNR/SSIM of final samples against the float model's (the metric the "
+                    "allocation uses; every layer by default). Writes DIR/report.html (self-contained), "
+                    "report.md, report.json, the PNG figures, and recipe.yaml: the integer program's allocation "
+                    "at --avg-bits, usable with 'diffpress compress --recipe'.",
         epilog=dedent("""\
             cost: layers x candidates x buckets x --calls-per-bucket replayed denoiser calls, plus
-            --image-layers x candidates x --image-steps calls for the image metric (builtin:digits with the
-            defaults: 72 x 6 x 8 x 1 = 3,456 calls of batch 8, plus 4 x 6 x 10 = 240 of batch 8)
+            --image-layers x candidates sampler runs of --image-samples x --image-steps (builtin:digits
+            with the defaults: 72 x 6 x 8 x 1 = 3,456 calls of batch 8, plus 72 x 6 = 432 runs of 16
+            samples x 25 steps). For large models, bound the image metric with --image-layers K: it then
+            goes to the K layers where the output metric is least trustworthy.
 
             examples:
               diffpress sensitivity builtin:digits --out report/digits
               diffpress sensitivity builtin:digits --out report/digits --candidates w4a8-int w8a8-int8 --avg-bits 5
-              diffpress sensitivity ./sd15 --calib-prompts prompts.txt --calib-samples 8 --out report/sd15 --image-layers 0
+              diffpress sensitivity ./sd15 --calib-prompts prompts.txt --calib-samples 8 --out report/sd15 --image-layers 32
             """))
     parser.add_argument("model", metavar="MODEL", help="pipeline directory or builtin:NAME")
     parser.add_argument("--out", required=True, metavar="DIR", help="report directory")
@@ -169,10 +195,10 @@ def _sensitivity_parser(subparsers) -> None:
                         help="formats to measure (default: bf16 w8a8-int8 w8a8-fp8 w4a8-int w4a16-int4 w4a8-fp4)")
     parser.add_argument("--calls-per-bucket", type=int, default=1, metavar="C",
                         help="reservoir calls replayed per timestep bucket (default 1)")
-    parser.add_argument("--image-layers", type=int, default=4, metavar="K",
-                        help="layers that also get the final-image metric (default 4; 0: none)")
-    parser.add_argument("--image-samples", type=int, default=8, metavar="N", help="image-metric samples (default 8)")
-    parser.add_argument("--image-steps", type=int, default=10, metavar="S", help="image-metric steps (default 10)")
+    parser.add_argument("--methods", choices=["rtn", "full"], default="rtn",
+                        help="measure each candidate's round-to-nearest variant (rtn, default: fast, no "
+                             "calibration-driven methods) or its full preset (full: what --preset mixed uses)")
+    _add_image_metric_arguments(parser)
     parser.add_argument("--avg-bits", type=float, default=5.0, metavar="B",
                         help="budget of the allocation shown in the report (default 5)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K",
@@ -191,7 +217,7 @@ def _run_sensitivity(args) -> int:
                                      labels_or_prompts=tuple(items) if items else None,
                                      calibration_file=args.calibration)
     options = SensitivityOptions(tuple(args.candidates), args.calls_per_bucket, args.image_layers,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, methods=args.methods)
     out = sensitivity_report(args.model, args.out, options, calibration, args.avg_bits, args.top_k,
                              args.image_samples, args.image_steps, args.overwrite, progress=not args.quiet)
     print(f"wrote {out / 'report.html'}, report.md, report.json and recipe.yaml")

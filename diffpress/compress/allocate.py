@@ -286,3 +286,24 @@ def uniform_allocation(layers: Sequence[LayerChoices], name: str) -> Allocation:
         picked[layer.fqn] = match[0]
     bits = sum(picked[l.fqn].bits * l.params for l in layers) / sum(l.params for l in layers)
     return _allocation(layers, picked, Budget(avg_bits=bits), 0.0)
+
+
+CURVE_BITS = (4.0, 4.5, 5.0, 6.0, 8.0)
+
+
+def curve_allocations(layers: Sequence[LayerChoices], candidates: Sequence[str],
+                      bits: Sequence[float] = CURVE_BITS) -> list[tuple[str, Allocation]]:
+    """The quality-vs-size curve's points: each candidate uniformly, then the program at each average
+    bit budget (infeasible budgets and candidates some layer cannot use are left out)."""
+    points = []
+    for name in candidates:
+        try:
+            points.append((name, uniform_allocation(layers, name)))
+        except DiffpressError:
+            continue
+    for budget in bits:
+        try:
+            points.append((MIXED_PRESET, allocate(layers, Budget(avg_bits=budget))))
+        except DiffpressError:
+            continue
+    return points

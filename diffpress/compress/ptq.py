@@ -10,6 +10,7 @@ BOS-aware cross-attention) use what `input_sources` finds by replaying calibrati
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -46,14 +47,22 @@ class LayerContext:
 
 
 def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: CalibrationSet | None = None,
-                   progress: bool = False, rounding_iterations: int = 300) -> QuantizationReport:
-    """Quantize `denoiser` in place with `recipe`; methods that need data use `calibration`."""
+                   progress: bool = False, rounding_iterations: int = 300,
+                   ready: Mapping[str, nn.Module] | None = None) -> QuantizationReport:
+    """Quantize `denoiser` in place with `recipe`; methods that need data use `calibration`.
+
+    ready: layers already quantized with exactly their recipe plan (e.g. by a sensitivity run with
+    full methods), put in place as they are instead of being quantized again.
+    """
     skip = DEFAULT_SKIP if recipe.keep_default_skips else ()
     report, plans = QuantizationReport(), {}
     for fqn, module in quantizable_layers(denoiser):
         plan, reason = plan_of(recipe, fqn, skip)
         if plan is None:
             report.skipped[fqn] = reason
+        elif ready and fqn in ready:
+            _put_ready(denoiser, fqn, ready[fqn], plan, calibration)
+            report.quantized.append(fqn)
         else:
             plans[fqn] = (module, _usable_plan(plan, module))
     needing = {fqn for fqn, (_, plan) in plans.items() if plan.needs_calibration}
@@ -76,6 +85,16 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
         set_submodule(denoiser, fqn, quantized)
         report.quantized.append(fqn)
     return report
+
+
+def _put_ready(denoiser: nn.Module, fqn: str, quantized: nn.Module, plan: QuantSpec, calibration) -> None:
+    if getattr(quantized, "spec", None) != _usable_plan(plan, denoiser.get_submodule(fqn)):
+        raise ValueError(f"{fqn}: the ready module was quantized with {getattr(quantized, 'spec', None)}, "
+                         f"not the recipe's plan {plan}")
+    quantized.fqn = fqn
+    quantized.timestep_tracker = attach_tracker(denoiser, calibration.buckets) if plan.act_mode is ActMode.STATIC \
+        else None
+    set_submodule(denoiser, fqn, quantized)
 
 
 def _usable_plan(plan: QuantSpec, module: nn.Module) -> QuantSpec:

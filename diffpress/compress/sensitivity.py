@@ -5,21 +5,30 @@ layer stays float) and the damage is measured two ways, decoupled as MixDQ does:
 
 - output metric, for every layer: SQNR (dB) of the denoiser's output against the cached float
   output, on calls replayed from the calibration reservoir, one value per timestep bucket;
-- image metric, for a few layers: PSNR/SSIM of final samples (a few seeded samples through the
-  sampler) against the float model's samples.
+- image metric: PSNR/SSIM and relative error of final samples (seeded samples through the
+  sampler) against the float model's samples; by default for every layer, or for a budget of
+  `image_layers` layers.
 
-Why two: one denoiser call's output SQNR sees the error of a single step. It misleads for layers
-whose damage depends on the timestep (good SQNR in most buckets, bad in a few, and the sampler
-compounds those few steps into the image) and for layers whose error the sampler amplifies or
-washes out. So the image metric goes to (a) the layers whose per-bucket SQNR varies most across
-buckets and (b) the layers ranked most sensitive by the output metric, half of the image budget each;
-everything else is ranked by the output metric alone. `SensitivityReport.cost` combines them as
-relative noise power (10^(-SQNR/10)), taking the larger of the two where both exist, after one
-global factor brings image errors to output units (`SensitivityReport.image_to_output`).
+Why two: one denoiser call's output SQNR sees the error of a single step, and it misleads. The
+sampler amplifies some layers' errors into the image far more than others: on builtin:digits the
+ratio of image to output relative error ranges over more than 50x between layers (largest for the
+last up-block's convs, whose error reaches the image directly at the last steps; smallest for
+the first block), and the per-bucket SQNR hides layers that are bad in only a few buckets. An
+allocation ranked by the image metric measured 38.69 dB at 5 bits against 35.59 dB ranked by the
+output metric (bench/results/mixed-precision-digits.json). So the allocator's cost is the image
+relative error wherever it was measured. When the image budget is smaller than the layer count, it
+goes to the layers where the output metric is least trustworthy: (a) the largest per-bucket SQNR
+spread and (b) the largest output error, half each; the rest are costed by the output metric,
+brought to image units by one global factor (`SensitivityReport.output_to_image`).
 
-Measurement uses the round-to-nearest variant (`PRESET-rtn`) of each candidate: learned rounding
-and searched smoothing take minutes per model, and what is ranked here is how much a layer cares
-about the format, not what the full method recovers. `bf16` rounds the weight to bfloat16 and back.
+What is measured (`SensitivityOptions.methods`):
+- "full": each candidate's full preset (learned rounding, clipping search, smoothing), exactly the
+  module a mixed recipe would contain. The model is quantized once per candidate (on a copy); the
+  PTQ methods are layer-wise on the float model's recorded inputs, so these modules are reused
+  unchanged by `compress --preset mixed`. Learned rounding changes which layers are sensitive (one
+  conv went from 30 dB to 42 dB image PSNR at W4A8), so this is what mixed precision uses.
+- "rtn": each candidate's round-to-nearest variant (`PRESET-rtn`), built on demand: no data, seconds
+  per layer; what the sensitivity report uses by default. `bf16` rounds the weight to bfloat16 and back.
 """
 from __future__ import annotations
 
@@ -44,6 +53,7 @@ from ..recipe import QuantSpec, preset
 from .swap import DEFAULT_SKIP, quantizable_layers, quantized_module, set_submodule, skip_reason
 
 HIGH_PRECISION = "bf16"
+METHODS = ("rtn", "full")
 
 
 @dataclass(frozen=True)
@@ -110,15 +120,18 @@ class SensitivityOptions:
 
     candidates: formats to measure. calls_per_bucket: reservoir calls replayed per timestep bucket
     (cost grows linearly: layers x candidates x buckets x calls_per_bucket denoiser calls).
-    image_layers: how many layers also get the image metric (0: none). skip: regexes of layers
-    kept in high precision and not measured (default: the embedders / in / out projections).
+    image_layers: how many layers also get the image metric (None: every layer; 0: none; cost:
+    that many x candidates sampler runs). skip: regexes of layers kept in high precision and not
+    measured (default: the embedders / in / out projections). methods: "rtn" or "full" (what each
+    candidate is measured with; see the module docstring).
     """
 
     candidates: tuple[str, ...] = tuple(CANDIDATES)
     calls_per_bucket: int = 1
-    image_layers: int = 4
+    image_layers: int | None = None
     skip: tuple = DEFAULT_SKIP
     progress: bool = True
+    methods: str = "rtn"
 
     def __post_init__(self) -> None:
         if not self.candidates:
@@ -127,8 +140,10 @@ class SensitivityOptions:
             candidate(name)
         if self.calls_per_bucket < 1:
             raise InputError(f"calls_per_bucket must be at least 1, got {self.calls_per_bucket}")
-        if self.image_layers < 0:
-            raise InputError(f"image_layers must be >= 0, got {self.image_layers}")
+        if self.image_layers is not None and self.image_layers < 0:
+            raise InputError(f"image_layers must be >= 0 (or None: every layer), got {self.image_layers}")
+        if self.methods not in METHODS:
+            raise InputError(f"methods {self.methods!r} is not one of: {', '.join(METHODS)}")
 
 
 @dataclass(frozen=True)
@@ -173,24 +188,23 @@ class SensitivityReport:
         return _db(self.output_error(fqn, name))
 
     def cost(self, fqn: str, name: str) -> float:
-        """What the allocator minimizes: the output relative error, or for image-measured layers the
-        larger of it and the image relative error brought to output units (`image_to_output`)."""
+        """What the allocator minimizes: the image relative error where it was measured, otherwise the
+        output relative error brought to image units (`output_to_image`)."""
         image = self.image.get(fqn, {}).get(name)
-        output = self.output_error(fqn, name)
-        return max(output, self.image_to_output * image.relative_error) if image is not None else output
+        if image is not None:
+            return image.relative_error
+        return self.output_to_image * self.output_error(fqn, name)
 
     @property
-    def image_to_output(self) -> float:
-        """One factor mapping image relative error onto output relative error: the ratio of their totals
-        over every image-measured (layer, candidate). The sampler amplifies a step's error into the image
-        by roughly the same factor for every layer; dividing it out keeps the two metrics comparable, and
-        a layer whose image damage is large relative to its output damage (compared with the other
-        measured layers) is costed by its image damage."""
+    def output_to_image(self) -> float:
+        """One factor mapping output relative error onto image relative error: the ratio of their totals
+        over every image-measured (layer, candidate); 1 when no layer has the image metric. It only
+        matters when some layers have the image metric and others do not."""
         pairs = [(self.output_error(f, c), score.relative_error) for f, per in self.image.items()
                  for c, score in per.items() if math.isfinite(score.relative_error)]
         pairs = [(o, i) for o, i in pairs if math.isfinite(o)]
-        image_total = sum(i for _, i in pairs)
-        return sum(o for o, _ in pairs) / image_total if image_total > 0 else 1.0
+        output_total = sum(o for o, _ in pairs)
+        return sum(i for _, i in pairs) / output_total if output_total > 0 else 1.0
 
     def ranking(self, name: str) -> list[str]:
         """Layers from most to least sensitive to candidate `name` (ties by name)."""
@@ -262,28 +276,91 @@ class _Replay:
 
 def measure_sensitivity(denoiser: nn.Module, calibration: CalibrationSet,
                         options: SensitivityOptions = SensitivityOptions(),
-                        image_probe: ImageProbe | None = None) -> SensitivityReport:
+                        image_probe: ImageProbe | None = None,
+                        variants: "LayerVariants | None" = None) -> SensitivityReport:
     """Quantize each layer alone with each candidate; measure output SQNR per bucket (and image scores).
 
     `denoiser` is modified during the run and restored (every swapped layer is put back).
     `image_probe(denoiser)` returns final samples from fixed seeds; without it, no image metric.
+    `variants`: the quantized modules to measure (default: `LayerVariants.build(...)` with `options`).
     """
     started = time.perf_counter()
     layers = measured_layers(denoiser, options.skip)
     if not layers:
         raise InputError("no layer to measure: every Linear/Conv2d is on the skip list")
+    if variants is None:
+        variants = LayerVariants.build(denoiser, layers, calibration, options)
+    quantize_seconds = time.perf_counter() - started
     replay = _replay(denoiser, calibration, options.calls_per_bucket)
-    sqnr = _output_sensitivity(denoiser, layers, replay, options)
+    sqnr = _output_sensitivity(denoiser, layers, replay, options, variants)
     report = SensitivityReport([info for info, _ in layers], list(options.candidates), sorted(set(replay.buckets)),
                                sqnr, activation_absmax=_activation_ranges(calibration, layers))
-    output_seconds = time.perf_counter() - started
-    if image_probe is not None and options.image_layers:
-        report.image = _image_sensitivity(denoiser, layers, report, image_probe, options)
+    output_seconds = time.perf_counter() - started - quantize_seconds
+    if image_probe is not None and options.image_layers != 0:
+        report.image = _image_sensitivity(denoiser, layers, report, image_probe, options, variants)
     report.info = {"calls_replayed": len(replay.calls), "calls_per_bucket": options.calls_per_bucket,
-                   "measurement": "round-to-nearest variant of each candidate (bf16: weight cast)",
-                   "output_seconds": round(output_seconds, 2),
-                   "image_seconds": round(time.perf_counter() - started - output_seconds, 2)}
+                   "methods": options.methods, "measurement": METHOD_NOTES[options.methods],
+                   "quantize_seconds": round(quantize_seconds, 2), "output_seconds": round(output_seconds, 2),
+                   "image_seconds": round(time.perf_counter() - started - quantize_seconds - output_seconds, 2)}
     return report
+
+
+METHOD_NOTES = {"rtn": "round-to-nearest variant of each candidate (bf16: weight cast)",
+                "full": "each candidate's full preset, layer-wise on the float model's inputs (bf16: weight cast)"}
+
+
+class LayerVariants:
+    """The quantized module each (layer, candidate) is measured with.
+
+    rtn: built on demand from the candidate's round-to-nearest variant. full: given up front, one
+    module per (layer, candidate), from quantizing a copy of the model once per candidate with the
+    candidate's full preset (`build`); `compress --preset mixed` assembles its model from them.
+    """
+
+    def __init__(self, layers: Sequence[tuple[LayerInfo, nn.Module]], modules: dict | None = None) -> None:
+        self.float_modules = {info.fqn: module for info, module in layers}
+        self.modules = modules  # (fqn, candidate) -> module; None: rtn, built on demand
+
+    @classmethod
+    def build(cls, denoiser: nn.Module, layers, calibration: CalibrationSet,
+              options: SensitivityOptions) -> "LayerVariants":
+        if options.methods == "rtn":
+            return cls(layers)
+        modules = {}
+        for name in tqdm(options.candidates, desc="quantize per candidate", unit="candidate",
+                         disable=not options.progress):
+            for fqn, module in _quantized_copy(denoiser, [info.fqn for info, _ in layers], candidate(name),
+                                               calibration).items():
+                modules[fqn, name] = module
+        return cls(layers, modules)
+
+    def module(self, fqn: str, name: str) -> nn.Module:
+        if self.modules is not None:
+            return self.modules[fqn, name]
+        return quantized_for_measurement(self.float_modules[fqn], candidate(name))
+
+    def full_modules(self, choice: dict[str, str]) -> dict[str, nn.Module] | None:
+        """The full-method module of each chosen (layer, candidate), None if this run measured rtn."""
+        if self.modules is None:
+            return None
+        return {fqn: self.modules[fqn, name] for fqn, name in choice.items() if name != HIGH_PRECISION}
+
+
+def _quantized_copy(denoiser: nn.Module, fqns: list[str], choice: Candidate,
+                    calibration: CalibrationSet) -> dict[str, nn.Module]:
+    """Every named layer under `choice`'s full preset, quantized together on a copy of the model."""
+    from ..recipe import Recipe, Rounding, Rule
+    from .ptq import quantize_model
+
+    if choice.spec is None:
+        return {fqn: quantized_for_measurement(denoiser.get_submodule(fqn), choice) for fqn in fqns}
+    if choice.spec.rounding is Rounding.BLOCK:
+        raise InputError(f"candidate {choice.name!r} uses block reconstruction, which depends on the whole block's "
+                         "formats; measure it with methods='rtn' or pick a layer-wise preset")
+    copied = copy.deepcopy(denoiser)
+    recipe = Recipe(default=None, rules=tuple(Rule(fqn, choice.spec) for fqn in fqns), keep_default_skips=False)
+    quantize_model(copied, recipe, calibration)
+    return {fqn: copied.get_submodule(fqn) for fqn in fqns}
 
 
 def measured_layers(denoiser: nn.Module, skip: Sequence) -> list[tuple[LayerInfo, nn.Module]]:
@@ -325,14 +402,15 @@ def output_tensor(output) -> torch.Tensor:
     return output[0]
 
 
-def _output_sensitivity(denoiser, layers, replay: _Replay, options: SensitivityOptions) -> dict:
+def _output_sensitivity(denoiser, layers, replay: _Replay, options: SensitivityOptions,
+                        variants: LayerVariants) -> dict:
     result: dict[str, dict[str, list[float]]] = {}
     total = len(layers) * len(options.candidates)
     with tqdm(total=total, desc="sensitivity", unit="layer x format", disable=not options.progress) as bar:
         for info, module in layers:
             result[info.fqn] = {}
             for name in options.candidates:
-                with swapped(denoiser, info.fqn, module, candidate(name)):
+                with swapped(denoiser, info.fqn, module, variants.module(info.fqn, name)):
                     outputs = [_denoise(denoiser, entry) for entry in replay.calls]
                 result[info.fqn][name] = per_bucket_sqnr(replay.reference, outputs, replay.buckets)
                 bar.update()
@@ -358,13 +436,13 @@ def _ratio_db(signal: float, noise: float) -> float:
 
 
 class swapped:
-    """Context manager: layer `fqn` quantized with one candidate, the float module put back on exit."""
+    """Context manager: layer `fqn` replaced by `replacement`, the float module put back on exit."""
 
-    def __init__(self, denoiser: nn.Module, fqn: str, module: nn.Module, choice: Candidate) -> None:
-        self.denoiser, self.fqn, self.module, self.choice = denoiser, fqn, module, choice
+    def __init__(self, denoiser: nn.Module, fqn: str, module: nn.Module, replacement: nn.Module) -> None:
+        self.denoiser, self.fqn, self.module, self.replacement = denoiser, fqn, module, replacement
 
     def __enter__(self) -> None:
-        set_submodule(self.denoiser, self.fqn, quantized_for_measurement(self.module, self.choice))
+        set_submodule(self.denoiser, self.fqn, self.replacement)
 
     def __exit__(self, *exc) -> None:
         set_submodule(self.denoiser, self.fqn, self.module)
@@ -393,13 +471,16 @@ def _activation_ranges(calibration: CalibrationSet, layers) -> dict[str, list[fl
 # ---------------------------------------------------------------------------------- image metric
 
 
-def image_metric_layers(report: SensitivityReport, count: int) -> list[str]:
-    """Half by largest per-bucket SQNR spread, half by largest output error (at the cheapest candidate)."""
+def image_metric_layers(report: SensitivityReport, count: int | None) -> list[str]:
+    """Every layer (count None), or half by largest per-bucket SQNR spread and half by largest output
+    error (at the cheapest candidate): where the output metric is least trustworthy."""
+    if count is None:
+        return list(report.output_sqnr)
     if count == 0:
         return []
     cheapest = min(report.candidates, key=lambda name: (candidate(name).weight_bits, report.candidates.index(name)))
     by_spread = sorted(report.output_sqnr, key=lambda f: (-report.bucket_spread_db(f, cheapest), f))
-    by_error = report.ranking(cheapest)
+    by_error = sorted(report.output_sqnr, key=lambda f: (-report.output_error(f, cheapest), f))
     chosen: list[str] = []
     for fqn in _interleave(by_spread, by_error):
         if fqn not in chosen:
@@ -416,7 +497,7 @@ def _interleave(first: list[str], second: list[str]):
 
 
 def _image_sensitivity(denoiser, layers, report: SensitivityReport, probe: ImageProbe,
-                       options: SensitivityOptions) -> dict[str, dict[str, ImageScore]]:
+                       options: SensitivityOptions, variants: LayerVariants) -> dict[str, dict[str, ImageScore]]:
     modules = {info.fqn: module for info, module in layers}
     reference = _sample(probe, denoiser)
     if not torch.isfinite(reference).all():
@@ -428,7 +509,7 @@ def _image_sensitivity(denoiser, layers, report: SensitivityReport, probe: Image
         for fqn in chosen:
             scores[fqn] = {}
             for name in options.candidates:
-                with swapped(denoiser, fqn, modules[fqn], candidate(name)):
+                with swapped(denoiser, fqn, modules[fqn], variants.module(fqn, name)):
                     scores[fqn][name] = image_score(reference, _sample(probe, denoiser))
                 bar.update()
     return scores
@@ -453,3 +534,17 @@ def image_score(reference: torch.Tensor, images: torch.Tensor) -> ImageScore:
     noise = float((reference.double() - images.double()).square().sum())
     relative = noise / max(float(reference.double().square().sum()), 1e-30)
     return ImageScore(psnr, ssim, relative)
+
+
+@torch.no_grad()
+def measure_choice(denoiser: nn.Module, variants: LayerVariants, choice: dict[str, str], probe: ImageProbe,
+                   reference: torch.Tensor) -> ImageScore:
+    """Image score of the model with every layer of `choice` quantized at once (the float modules are
+    put back afterwards): a measured point of the quality-vs-size curve."""
+    for fqn, name in choice.items():
+        set_submodule(denoiser, fqn, variants.module(fqn, name))
+    try:
+        return image_score(reference, _sample(probe, denoiser))
+    finally:
+        for fqn in choice:
+            set_submodule(denoiser, fqn, variants.float_modules[fqn])

@@ -76,14 +76,17 @@ def activation_ranges(report: SensitivityReport, layers: list[str]) -> bytes:
 
 
 def size_curve(curve: list[dict]) -> bytes:
-    """Predicted output SQNR vs average bits: mixed (ILP) line, uniform candidates as points."""
+    """Quality vs average bits: mixed (ILP) line, uniform candidates as points. Measured PSNR where the
+    points carry it, else the allocator's predicted SNR."""
     plt = _pyplot()
+    key, label = ("psnr_db", "measured PSNR vs float samples (dB)") if "psnr_db" in curve[0] else \
+        ("predicted_sqnr_db", "predicted SNR (dB)")
     figure, axis = plt.subplots(figsize=(6, 3.5))
     mixed = [p for p in curve if p["kind"] == "mixed"]
-    axis.plot([p["avg_bits"] for p in mixed], [p["predicted_sqnr_db"] for p in mixed], "o-", label="mixed (ILP)")
+    axis.plot([p["avg_bits"] for p in mixed], [p[key] for p in mixed], "o-", label="mixed (ILP)")
     for point in (p for p in curve if p["kind"] != "mixed"):
-        axis.plot(point["avg_bits"], point["predicted_sqnr_db"], "s", label=f"uniform {point['kind']}")
-    return _line_chart_png(figure, axis, "average weight bits", "predicted output SQNR (dB)")
+        axis.plot(point["avg_bits"], point[key], "s", label=f"uniform {point['kind']}")
+    return _line_chart_png(figure, axis, "average weight bits", label)
 
 
 def _line_chart_png(figure, axis, xlabel: str, ylabel: str) -> bytes:

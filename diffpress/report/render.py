@@ -9,12 +9,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compress.allocate import Allocation, Budget, allocate, choices_from_report, uniform_allocation
+from ..compress.allocate import Allocation, Budget, allocate, choices_from_report, curve_allocations
 from ..compress.sensitivity import SensitivityReport, candidate
 from ..recipe import Recipe, Rule
 from . import plots
 
-CURVE_BITS = (4.0, 4.5, 5.0, 6.0, 8.0)
 MAX_PLOTTED_LAYERS = 40
 
 
@@ -53,7 +52,7 @@ def build(report: SensitivityReport, avg_bits: float, top_k: int) -> ReportData:
     ranking = report.ranking(focus)
     allocation, note = _allocation(report, avg_bits)
     shown = ranking[:MAX_PLOTTED_LAYERS]
-    curve = predicted_curve(report)
+    curve = report.info.get("measured_curve") or predicted_curve(report)
     images = {"sensitivity_bars": plots.sensitivity_bars(report, shown),
               "bucket_heatmap": plots.bucket_heatmap(report, shown, focus),
               "activation_ranges": plots.activation_ranges(report, ranking[:top_k])}
@@ -73,25 +72,13 @@ def _allocation(report: SensitivityReport, avg_bits: float) -> tuple[Allocation 
 
 
 def predicted_curve(report: SensitivityReport) -> list[dict]:
-    """Mixed allocations at CURVE_BITS and each uniform candidate: average bits vs predicted output SQNR."""
-    from ..errors import DiffpressError
-
-    layers = choices_from_report(report)
-    points = []
-    for name in report.candidates:
-        try:
-            points.append(_point(name, uniform_allocation(layers, name)))
-        except DiffpressError:
-            continue
-    for bits in CURVE_BITS:
-        try:
-            points.append(_point("mixed", allocate(layers, Budget(avg_bits=bits))))
-        except DiffpressError:
-            continue
-    return points
+    """Mixed allocations at CURVE_BITS and each uniform candidate: average bits vs predicted SNR (the
+    summed relative error of the chosen formats, in dB)."""
+    return [curve_point(kind, allocation) for kind, allocation in
+            curve_allocations(choices_from_report(report), report.candidates)]
 
 
-def _point(kind: str, allocation: Allocation) -> dict:
+def curve_point(kind: str, allocation: Allocation) -> dict:
     return {"kind": kind, "avg_bits": round(allocation.avg_bits, 4), "bytes": allocation.total_bytes,
             "predicted_sqnr_db": round(_db(allocation.objective), 3)}
 
@@ -154,6 +141,20 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
 """
 
 
+def measurement_note(report: SensitivityReport) -> str:
+    """What was measured how, in one sentence (HTML and markdown)."""
+    methods = ("each candidate's full preset" if report.info.get("methods") == "full"
+               else "each candidate's round-to-nearest variant")
+    if len(report.image) == len(report.layers):
+        scope = "image metric for every layer (the allocation's cost)"
+    elif report.image:
+        scope = (f"image metric for {len(report.image)} layers (largest per-bucket SQNR spread and largest output "
+                 "error), output metric scaled to image units for the rest")
+    else:
+        scope = "no image metric (the allocation uses the output metric)"
+    return f"Measured with {methods}; output metric for every layer, {scope}."
+
+
 def to_html(data: ReportData) -> str:
     report = data.report
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>diffpress sensitivity report</title>"
@@ -161,8 +162,7 @@ def to_html(data: ReportData) -> str:
              f"<h1>Sensitivity report: {_e(report.info.get('model', 'denoiser'))}</h1>",
              f"<p class='note'>{len(report.layers)} layers x {len(report.candidates)} candidate formats, "
              f"{len(report.buckets)} timestep buckets, {report.info.get('calls_replayed', '?')} replayed denoiser calls. "
-             f"Measured with each candidate's round-to-nearest variant; output metric for every layer, image metric "
-             f"for {len(report.image)} layers (largest per-bucket SQNR spread and largest output error).</p>",
+             f"{_e(measurement_note(report))}</p>",
              "<h2>Per-layer sensitivity</h2>",
              "<p class='note'>Denoiser output SQNR (dB) with only that layer quantized, averaged as noise power over "
              "buckets; click a header to sort. Image PSNR: final samples vs the float model's.</p>",
@@ -171,12 +171,39 @@ def to_html(data: ReportData) -> str:
              "<h2>Activation ranges of the most sensitive layers</h2>", _img(data, "activation_ranges"),
              _html_ranges(data), "<h2>Allocation</h2>", _html_allocation(data)]
     if "size_curve" in data.images:
-        parts += ["<h2>Quality vs size (predicted)</h2>", "<p class='note'>Predicted output SQNR: summed relative "
-                  "noise power of the chosen formats; measured image quality is in bench/results.</p>",
-                  _img(data, "size_curve")]
+        parts += [f"<h2>Quality vs size ({_curve_kind(data)})</h2>", f"<p class='note'>{_e(_curve_note(data))}</p>",
+                  _img(data, "size_curve"), _html_curve_table(data)]
     parts += ["<h2>Recipe: top-k sensitive layers in high precision</h2>",
               f"<pre>{_e(data.top_k_recipe)}</pre>", f"<script>{_SORT_JS}</script></body></html>"]
     return "\n".join(parts)
+
+
+def _curve_kind(data: ReportData) -> str:
+    return "measured" if data.curve and "psnr_db" in data.curve[0] else "predicted"
+
+
+def _curve_note(data: ReportData) -> str:
+    if _curve_kind(data) == "measured":
+        probe = data.report.info.get("image_probe", {})
+        return (f"Each allocation quantized as a whole and sampled: PSNR of {probe.get('samples', '?')} samples x "
+                f"{probe.get('steps', '?')} steps against the float model's (the image metric's samples). "
+                "Predicted: the allocator's summed relative error, in dB.")
+    return ("Predicted: the allocator's summed relative error of the chosen formats, in dB (no samples were "
+            "drawn; the image metric needs a pipeline with labels or prompts).")
+
+
+def _curve_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    measured = _curve_kind(data) == "measured"
+    headers = ["kind", "avg bits", "bytes", "predicted dB"] + (["measured PSNR dB"] if measured else [])
+    rows = [[str(p["kind"]), f"{p['avg_bits']:.3f}", str(p["bytes"]), _fmt(p["predicted_sqnr_db"])]
+            + ([_fmt(p["psnr_db"])] if measured else []) for p in data.curve]
+    return headers, rows
+
+
+def _html_curve_table(data: ReportData) -> str:
+    headers, rows = _curve_table(data)
+    return ("<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
 
 
 def _e(text) -> str:
@@ -279,9 +306,11 @@ def to_markdown(data: ReportData) -> str:
     lines += [f"- `{r[0]}`: " + " ".join(r[1:]) for r in _range_rows(data)]
     lines += ["", "## Allocation", ""] + [f"- {k}: {v}" for k, v in _allocation_lines(data)]
     if data.curve:
-        lines += ["", "## Quality vs size (predicted output SQNR)", "", "![quality vs size](size_curve.png)", "",
-                  "| kind | avg bits | bytes | predicted SQNR dB |", "|---|---|---|---|"]
-        lines += [f"| {p['kind']} | {p['avg_bits']} | {p['bytes']} | {p['predicted_sqnr_db']} |" for p in data.curve]
+        headers, rows = _curve_table(data)
+        lines += ["", f"## Quality vs size ({_curve_kind(data)})", "", _curve_note(data), "",
+                  "![quality vs size](size_curve.png)", "", "| " + " | ".join(headers) + " |",
+                  "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "## Recipe: top-k sensitive layers in high precision", "", "```yaml", data.top_k_recipe.rstrip(),
               "```", ""]
     return "\n".join(lines)
