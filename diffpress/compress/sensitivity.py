@@ -9,24 +9,25 @@ layer stays float) and the damage is measured two ways, decoupled as MixDQ does:
   sampler) against the float model's samples; by default for every layer, or for a budget of
   `image_layers` layers.
 
-Why two: one denoiser call's output SQNR sees the error of a single step, and it misleads. The
-sampler amplifies some layers' errors into the image far more than others: on builtin:digits the
-ratio of image to output relative error ranges over more than 50x between layers (largest for the
-last up-block's convs, whose error reaches the image directly at the last steps; smallest for
-the first block), and the per-bucket SQNR hides layers that are bad in only a few buckets. An
-allocation ranked by the image metric measured 38.69 dB at 5 bits against 35.59 dB ranked by the
-output metric (bench/results/mixed-precision-digits.json). So the allocator's cost is the image
-relative error wherever it was measured. When the image budget is smaller than the layer count, it
-goes to the layers where the output metric is least trustworthy: (a) the largest per-bucket SQNR
-spread and (b) the largest output error, half each; the rest are costed by the output metric,
-brought to image units by one global factor (`SensitivityReport.output_to_image`).
+Why two: one denoiser call's output SQNR sees the error of a single step, and the sampler amplifies
+some layers' errors into the image far more than others. On builtin:digits at W4A8 (full methods),
+the ratio of image to output relative error spans 85x across layers: 3.5x for the first down-block's
+conv1, 300x for a mid-block time-embedding projection (bench/results/mixed-precision-digits-
+sensitivity.json). The two rankings agree broadly (Spearman 0.97) but not on the layers a budget
+decides between: at 5 average bits, the allocation costed by the image metric measured 38.69 dB,
+the one costed by the output metric 37.10 dB (bench/results/mixed-precision-digits.json). So the
+allocator's cost is the image relative error wherever it was measured. When the image budget is
+smaller than the layer count, it goes to the layers where the output metric is least trustworthy:
+(a) the largest per-bucket SQNR spread and (b) the largest output error, half each; the rest are
+costed by the output metric, brought to image units by one global factor
+(`SensitivityReport.output_to_image`).
 
 What is measured (`SensitivityOptions.methods`):
 - "full": each candidate's full preset (learned rounding, clipping search, smoothing), exactly the
   module a mixed recipe would contain. The model is quantized once per candidate (on a copy); the
   PTQ methods are layer-wise on the float model's recorded inputs, so these modules are reused
-  unchanged by `compress --preset mixed`. Learned rounding changes which layers are sensitive (one
-  conv went from 30 dB to 42 dB image PSNR at W4A8), so this is what mixed precision uses.
+  unchanged by `compress --preset mixed`. Learned rounding recovers far more on some layers than on
+  others, so it changes which layers need 8 bits; this is what mixed precision uses.
 - "rtn": each candidate's round-to-nearest variant (`PRESET-rtn`), built on demand: no data, seconds
   per layer; what the sensitivity report uses by default. `bf16` rounds the weight to bfloat16 and back.
 """
@@ -330,7 +331,7 @@ class LayerVariants:
         for name in tqdm(options.candidates, desc="quantize per candidate", unit="candidate",
                          disable=not options.progress):
             for fqn, module in _quantized_copy(denoiser, [info.fqn for info, _ in layers], candidate(name),
-                                               calibration).items():
+                                               calibration, options.progress).items():
                 modules[fqn, name] = module
         return cls(layers, modules)
 
@@ -346,8 +347,8 @@ class LayerVariants:
         return {fqn: self.modules[fqn, name] for fqn, name in choice.items() if name != HIGH_PRECISION}
 
 
-def _quantized_copy(denoiser: nn.Module, fqns: list[str], choice: Candidate,
-                    calibration: CalibrationSet) -> dict[str, nn.Module]:
+def _quantized_copy(denoiser: nn.Module, fqns: list[str], choice: Candidate, calibration: CalibrationSet,
+                    progress: bool = False) -> dict[str, nn.Module]:
     """Every named layer under `choice`'s full preset, quantized together on a copy of the model."""
     from ..recipe import Recipe, Rounding, Rule
     from .ptq import quantize_model
@@ -359,7 +360,7 @@ def _quantized_copy(denoiser: nn.Module, fqns: list[str], choice: Candidate,
                          "formats; measure it with methods='rtn' or pick a layer-wise preset")
     copied = copy.deepcopy(denoiser)
     recipe = Recipe(default=None, rules=tuple(Rule(fqn, choice.spec) for fqn in fqns), keep_default_skips=False)
-    quantize_model(copied, recipe, calibration)
+    quantize_model(copied, recipe, calibration, progress=progress)
     return {fqn: copied.get_submodule(fqn) for fqn in fqns}
 
 
