@@ -256,7 +256,8 @@ def allocate(report, budget, candidates=None, latency_table: str | Path | dict |
     """Choose one candidate per layer under `budget` (compress.allocate.Budget) by 0/1 integer program."""
     from .compress.allocate import allocate as solve, choices_from_report, load_latency_table
 
-    table = load_latency_table(latency_table) if isinstance(latency_table, (str, Path)) else latency_table
+    names = candidates or report.candidates
+    table = load_latency_table(latency_table, names) if isinstance(latency_table, (str, Path)) else latency_table
     return solve(choices_from_report(report, candidates, table, weights), budget)
 
 

@@ -183,3 +183,29 @@ def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
     assert main(["inspect", "builtin:digits", "--recipe", str(out / "recipe.yaml")]) == 0
     assert main(["compress", "builtin:digits", "--preset", "mixed", "--out", str(tmp_path / "x")]) == 2
     assert "needs a budget" in capsys.readouterr().err
+
+
+def test_latency_table_from_a_kernel_benchmark_result(tmp_path):
+    from diffpress.compress.allocate import load_latency_table
+
+    def rows(fmt, shape, ms_by_mode, bf16_ms):
+        return [{"shape": list(shape), "format": fmt, "act_quant": mode, "ms": ms, "baseline": base,
+                 "baseline_ms": base_ms} for mode, ms in ms_by_mode.items()
+                for base, base_ms in (("bf16", bf16_ms), ("int_mm_scaled", 9.0))]
+
+    result = {"device": "test", "rows": rows("w8a8-int8", (64, 256, 256), {"separate": 2.0, "prologue": 1.5}, 3.0)
+              + rows("w8a8-int8", (64, 512, 256), {"separate": 3.0, "prologue": 3.5}, 5.0)
+              + rows("w4a8-int", (64, 256, 256), {"separate": 1.0}, 3.0)}
+    path = tmp_path / "kernels-test.json"
+    path.write_text(json.dumps(result))
+    table = load_latency_table(path, ["bf16", "w8a8-int8-learned", "w4a8-int"])
+    elements = 256 * 256 + 512 * 256
+    # fastest mode per shape (1.5 and 3.0 ms); w8a8-int8-learned runs on the w8a8-int8 kernel
+    assert table["w8a8-int8-learned"] == pytest.approx((1.5 + 3.0) / elements)
+    assert table["w4a8-int"] == pytest.approx(1.0 / (256 * 256))
+    assert table["bf16"] == pytest.approx((3.0 + 5.0) / elements)
+    with pytest.raises(InputError, match="no kernel timings for candidate 'w4a8-fp4'"):
+        load_latency_table(path, ["w4a8-fp4"])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="not JSON"):
+        load_latency_table(tmp_path / "bad.json")

@@ -75,8 +75,9 @@ def _add_mixed_arguments(parser) -> None:
                         help="budget: stored bytes (codes + scales) of the allocated layers")
     mixed.add_argument("--max-latency", type=float, metavar="T",
                        help="optional latency budget in the cost table's units (default table: stored bytes)")
-    mixed.add_argument("--latency-table", metavar="JSON", help="per-format cost per weight element, e.g. from a "
-                                                                "kernel benchmark: {\"w4a8-int\": 0.6, ...}")
+    mixed.add_argument("--latency-table", metavar="JSON",
+                       help="per-format cost per weight element ({\"w4a8-int\": 0.6, ...}), or a kernel benchmark "
+                            "result (bench/results/kernels-<gpu>.json: ms per weight element over its shapes)")
     mixed.add_argument("--candidates", nargs="+", default=list(MIXED_CANDIDATES), metavar="FMT",
                        help=f"formats to choose from (default: {' '.join(MIXED_CANDIDATES)}); bf16 keeps a layer "
                             "unquantized")

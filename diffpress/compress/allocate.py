@@ -106,15 +106,71 @@ def size_proxy_latency(option_candidate: Candidate, shape: tuple[int, int]) -> f
     return float(option_candidate.packed_bytes(shape))
 
 
-def load_latency_table(path: str | Path) -> dict[str, float]:
-    """Seconds (or any unit) per weight element per candidate, e.g. from a kernel benchmark: {"w4a8-int": 0.6, ...}."""
+def load_latency_table(path: str | Path, candidates: Sequence[str] | None = None) -> dict[str, float]:
+    """Cost per weight element per candidate, from either a JSON object {"w4a8-int": 0.6, ...} or a kernel
+    benchmark result (bench/kernels.py: {"rows": [{"format", "shape", "ms", "baseline", "baseline_ms"}]},
+    turned into a table by `latency_table_from_kernel_rows` for `candidates`)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such latency table")
-    table = json.loads(path.read_text())
+    try:
+        table = json.loads(path.read_text())
+    except ValueError as error:
+        raise InputError(f"{path}: not JSON ({error})") from None
+    if isinstance(table, dict) and isinstance(table.get("rows"), list):
+        return latency_table_from_kernel_rows(table["rows"], candidates or (), source=str(path))
     if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in table.values()):
-        raise InputError(f"{path}: expected a JSON object candidate -> non-negative cost per weight element")
+        raise InputError(f"{path}: expected a JSON object candidate -> non-negative cost per weight element, "
+                         "or a kernel benchmark result with 'rows'")
     return {str(k): float(v) for k, v in table.items()}
+
+
+def latency_table_from_kernel_rows(rows: Sequence[Mapping], candidates: Sequence[str],
+                                   source: str = "kernel benchmark") -> dict[str, float]:
+    """Milliseconds per weight element per candidate, over the benchmark's shapes.
+
+    For each kernel format: the sum over its shapes of the fastest time (separate or fused activation
+    quantization) divided by the sum of N*K, so large layers weigh in as they do in a model. A
+    candidate takes the kernel format with the same weight format, granularity and activation format
+    (so w8a8-int8-learned runs as w8a8-int8); bf16 takes the cuBLAS bf16 baseline timed beside them.
+    """
+    fastest: dict[str, dict[tuple, float]] = {}
+    bf16: dict[tuple, float] = {}
+    for row in rows:
+        try:
+            shape, fmt, ms = tuple(int(v) for v in row["shape"]), str(row["format"]), float(row["ms"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{source}: a row lacks shape/format/ms: {dict(row)!r}") from None
+        per_format = fastest.setdefault(fmt, {})
+        per_format[shape] = min(ms, per_format.get(shape, math.inf))
+        if row.get("baseline") == "bf16" and row.get("baseline_ms") is not None:
+            bf16[shape] = float(row["baseline_ms"])
+    per_element = lambda timings: sum(timings.values()) / sum(n * k for _, n, k in timings)
+    table = {}
+    for name in candidates:
+        if name == "bf16":
+            if bf16:
+                table[name] = per_element(bf16)
+            continue
+        match = [fmt for fmt in fastest if _same_kernel(fmt, name)]
+        if match:
+            table[name] = per_element(fastest[match[0]])
+    missing = [name for name in candidates if name not in table]
+    if missing:
+        raise InputError(f"{source}: no kernel timings for candidate {missing[0]!r}; it has: {', '.join(fastest)}")
+    return table
+
+
+def _same_kernel(kernel_format: str, name: str) -> bool:
+    from ..recipe import PRESETS
+
+    if kernel_format == name:
+        return True
+    if kernel_format not in PRESETS or candidate(name).spec is None:
+        return False
+    a, b = PRESETS[kernel_format][0], candidate(name).spec
+    return (a.weight_format, a.granularity, a.group_size, a.act_format) == \
+        (b.weight_format, b.granularity, b.group_size, b.act_format)
 
 
 def choices_from_report(report: SensitivityReport, candidates: Sequence[str] | None = None,
