@@ -37,7 +37,7 @@ from diffpress.api import load_pipeline, measure_sensitivity, pipeline_image_pro
 from diffpress.calibration import calibrate
 from diffpress.compress.allocate import Allocation, Budget, allocate, choices_from_report, uniform_allocation
 from diffpress.compress.ptq import quantize_model
-from diffpress.compress.sensitivity import LayerVariants, SensitivityOptions, SensitivityReport, measured_layers
+from diffpress.compress.sensitivity import LayerVariants, SensitivityOptions, SensitivityReport
 from diffpress.evaluate import EvalSettings, _labels_and_noise, _sample, _side
 from diffpress.recipe import Recipe, Rule, preset
 from diffpress.zoo import BUILTINS
@@ -142,15 +142,13 @@ def main() -> None:
                             reservoir_size=4, progress=False)
     calibration_seconds = time.perf_counter() - started
     options = SensitivityOptions(CANDIDATES, calls_per_bucket=2, image_layers=None, progress=True, methods="full")
-    started = time.perf_counter()
-    variants = LayerVariants.build(pipe.unet, measured_layers(pipe.unet, options.skip), calibration, options)
-    quantize_seconds = time.perf_counter() - started
+    variants = LayerVariants.build(pipe.unet, calibration, options)
+    quantize_seconds = variants.seconds
     saved = RESULTS / "mixed-precision-digits-sensitivity.json"
     if args.reuse_sensitivity:
         report = SensitivityReport.load(saved)
     else:
         report = measure_sensitivity(pipe, calibration, options, IMAGE_SAMPLES, IMAGE_STEPS, list(range(10)), variants)
-        report.info["quantize_seconds"] = round(quantize_seconds, 2)
         report.save(saved)
     print(f"calibration {calibration_seconds:.1f} s, quantize {quantize_seconds:.1f} s, sensitivity "
           f"{report.info['output_seconds'] + report.info['image_seconds']:.1f} s", flush=True)

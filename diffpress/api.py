@@ -133,15 +133,14 @@ class MixedOptions:
 def _mixed_recipe(model, source, mixed: MixedOptions, options: CalibrationOptions, progress: bool):
     """(recipe, allocation, calibration set, float denoiser, ready modules) for preset `mixed`."""
     from .calibration import find_denoiser
-    from .compress.sensitivity import LayerVariants, SensitivityOptions, measured_layers
+    from .compress.sensitivity import LayerVariants, SensitivityOptions
 
     budget = mixed.budget  # validate before the long part
     calibration_set, pipe = _calibration_set(model, source, options, progress)
     sensitivity_options = SensitivityOptions(mixed.candidates, mixed.calls_per_bucket, mixed.image_layers,
                                              progress=progress, methods=mixed.methods)
     denoiser = find_denoiser(pipe)
-    variants = LayerVariants.build(denoiser, measured_layers(denoiser, sensitivity_options.skip), calibration_set,
-                                   sensitivity_options)
+    variants = LayerVariants.build(denoiser, calibration_set, sensitivity_options)
     report = measure_sensitivity(pipe, calibration_set, sensitivity_options, mixed.image_samples,
                                  mixed.image_steps or options.steps, _items(model, options), variants)
     allocation = allocate(report, budget, latency_table=mixed.latency_table)
@@ -213,7 +212,7 @@ def sensitivity(model: str | Path, options=None, calibration: CalibrationOptions
     image metric's samples (report.info["measured_curve"]).
     """
     from .calibration import find_denoiser
-    from .compress.sensitivity import LayerVariants, SensitivityOptions, measure_sensitivity as measure, measured_layers
+    from .compress.sensitivity import LayerVariants, SensitivityOptions, measure_sensitivity as measure
 
     options = options or SensitivityOptions(progress=progress)
     source = checkpoints.resolve(model)
@@ -222,7 +221,7 @@ def sensitivity(model: str | Path, options=None, calibration: CalibrationOptions
     items = _items(model, calibration)
     probe = pipeline_image_probe(pipe, list(items), image_samples, steps) if items else None
     denoiser = find_denoiser(pipe)
-    variants = LayerVariants.build(denoiser, measured_layers(denoiser, options.skip), calibration_set, options)
+    variants = LayerVariants.build(denoiser, calibration_set, options)
     report = measure(denoiser, calibration_set, options, probe if options.image_layers != 0 else None, variants)
     report.info.update({"model": str(model), "calibration": {"samples": calibration.num_samples,
                         "steps": calibration.steps, "buckets": calibration.buckets,

@@ -266,8 +266,7 @@ PRESETS: dict[str, tuple[QuantSpec, str]] = {
     "w8a8-fp8": (QuantSpec(QuantFormat.FP8_E4M3, Granularity.PER_CHANNEL, act_format=QuantFormat.FP8_E4M3),
                  "FP8 e4m3 weights per channel, FP8 e4m3 activations per token (dynamic)"),
     # The 8-bit candidate of mixed precision: with MSE clipping and learned rounding, uniform W8A8
-    # measured 39.50 dB against 39.11 for w8a8-int8, and mixed 5-bit allocations 1 dB more
-    # (bench/results/mixed-precision-digits.json).
+    # measured 39.50 dB against 39.11 for w8a8-int8 (bench/results/mixed-precision-digits.json).
     "w8a8-int8-learned": (QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT8,
                                     scale_method=ScaleMethod.MSE, rounding=Rounding.LEARNED),
                           "INT8 weights per channel (MSE clipping, learned rounding), INT8 activations per token "

@@ -124,13 +124,13 @@ def test_image_metric_on_selected_layers(toy):
 
 def test_full_methods_measure_the_modules_a_mixed_recipe_contains(toy):
     from diffpress.compress.ptq import quantize_model
-    from diffpress.compress.sensitivity import LayerVariants, measured_layers
+    from diffpress.compress.sensitivity import LayerVariants
     from diffpress.recipe import Recipe, Rule, preset
 
     model, calibration = toy
     names = ("w4a8-int", "w8a8-int8-learned")
     options = SensitivityOptions(names, image_layers=0, progress=False, methods="full")
-    variants = LayerVariants.build(model, measured_layers(model, options.skip), calibration, options)
+    variants = LayerVariants.build(model, calibration, options)
     full = measure_sensitivity(model, calibration, options, variants=variants)
     rtn = measure_sensitivity(model, calibration, SensitivityOptions(names, image_layers=0, progress=False))
     assert full.info["methods"] == "full"

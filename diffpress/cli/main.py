@@ -126,8 +126,10 @@ def _calibration_options(args):
     from ..api import CalibrationOptions, read_prompts
 
     items = read_prompts(args.calib_prompts) if args.calib_prompts else args.calib_labels
+    buckets = {"buckets": args.buckets} if hasattr(args, "buckets") else {}  # compress has no --buckets
     return CalibrationOptions(num_samples=args.calib_samples, steps=args.calib_steps,
-                              labels_or_prompts=tuple(items) if items else None, calibration_file=args.calibration)
+                              labels_or_prompts=tuple(items) if items else None, calibration_file=args.calibration,
+                              **buckets)
 
 
 def _run_compress(args) -> int:
@@ -210,13 +212,10 @@ def _sensitivity_parser(subparsers) -> None:
 
 
 def _run_sensitivity(args) -> int:
-    from ..api import CalibrationOptions, read_prompts, sensitivity_report
+    from ..api import sensitivity_report
     from ..compress.sensitivity import SensitivityOptions
 
-    items = read_prompts(args.calib_prompts) if args.calib_prompts else args.calib_labels
-    calibration = CalibrationOptions(num_samples=args.calib_samples, steps=args.calib_steps, buckets=args.buckets,
-                                     labels_or_prompts=tuple(items) if items else None,
-                                     calibration_file=args.calibration)
+    calibration = _calibration_options(args)
     options = SensitivityOptions(tuple(args.candidates), args.calls_per_bucket, args.image_layers,
                                  progress=not args.quiet, methods=args.methods)
     out = sensitivity_report(args.model, args.out, options, calibration, args.avg_bits, args.top_k,

@@ -285,24 +285,23 @@ def measure_sensitivity(denoiser: nn.Module, calibration: CalibrationSet,
     `image_probe(denoiser)` returns final samples from fixed seeds; without it, no image metric.
     `variants`: the quantized modules to measure (default: `LayerVariants.build(...)` with `options`).
     """
-    started = time.perf_counter()
     layers = measured_layers(denoiser, options.skip)
     if not layers:
         raise InputError("no layer to measure: every Linear/Conv2d is on the skip list")
     if variants is None:
-        variants = LayerVariants.build(denoiser, layers, calibration, options)
-    quantize_seconds = time.perf_counter() - started
+        variants = LayerVariants.build(denoiser, calibration, options)
+    started = time.perf_counter()
     replay = _replay(denoiser, calibration, options.calls_per_bucket)
     sqnr = _output_sensitivity(denoiser, layers, replay, options, variants)
     report = SensitivityReport([info for info, _ in layers], list(options.candidates), sorted(set(replay.buckets)),
                                sqnr, activation_absmax=_activation_ranges(calibration, layers))
-    output_seconds = time.perf_counter() - started - quantize_seconds
+    output_seconds = time.perf_counter() - started
     if image_probe is not None and options.image_layers != 0:
         report.image = _image_sensitivity(denoiser, layers, report, image_probe, options, variants)
     report.info = {"calls_replayed": len(replay.calls), "calls_per_bucket": options.calls_per_bucket,
                    "methods": options.methods, "measurement": METHOD_NOTES[options.methods],
-                   "quantize_seconds": round(quantize_seconds, 2), "output_seconds": round(output_seconds, 2),
-                   "image_seconds": round(time.perf_counter() - started - quantize_seconds - output_seconds, 2)}
+                   "quantize_seconds": round(variants.seconds, 2), "output_seconds": round(output_seconds, 2),
+                   "image_seconds": round(time.perf_counter() - started - output_seconds, 2)}
     return report
 
 
@@ -318,22 +317,25 @@ class LayerVariants:
     candidate's full preset (`build`); `compress --preset mixed` assembles its model from them.
     """
 
-    def __init__(self, layers: Sequence[tuple[LayerInfo, nn.Module]], modules: dict | None = None) -> None:
+    def __init__(self, layers: Sequence[tuple[LayerInfo, nn.Module]], modules: dict | None = None,
+                 seconds: float = 0.0) -> None:
         self.float_modules = {info.fqn: module for info, module in layers}
         self.modules = modules  # (fqn, candidate) -> module; None: rtn, built on demand
+        self.seconds = seconds  # spent quantizing up front
 
     @classmethod
-    def build(cls, denoiser: nn.Module, layers, calibration: CalibrationSet,
-              options: SensitivityOptions) -> "LayerVariants":
+    def build(cls, denoiser: nn.Module, calibration: CalibrationSet, options: SensitivityOptions) -> "LayerVariants":
+        """The variants of every layer `options` measures (`measured_layers` with its skip list)."""
+        layers = measured_layers(denoiser, options.skip)
         if options.methods == "rtn":
             return cls(layers)
-        modules = {}
+        started, modules = time.perf_counter(), {}
         for name in tqdm(options.candidates, desc="quantize per candidate", unit="candidate",
                          disable=not options.progress):
             for fqn, module in _quantized_copy(denoiser, [info.fqn for info, _ in layers], candidate(name),
                                                calibration, options.progress).items():
                 modules[fqn, name] = module
-        return cls(layers, modules)
+        return cls(layers, modules, time.perf_counter() - started)
 
     def module(self, fqn: str, name: str) -> nn.Module:
         if self.modules is not None:

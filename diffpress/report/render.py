@@ -294,11 +294,9 @@ def to_markdown(data: ReportData) -> str:
     report = data.report
     lines = [f"# Sensitivity report: {report.info.get('model', 'denoiser')}", "",
              f"{len(report.layers)} layers x {len(report.candidates)} candidates, {len(report.buckets)} timestep buckets. "
-             "Output SQNR (dB) of the denoiser with only that layer quantized (round-to-nearest variant of each "
-             "candidate); most sensitive first.", ""]
-    headers = _headers(data)
-    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(d for d, _ in row) + " |" for row in _table_rows(data)]
+             f"{measurement_note(report)} Output SQNR (dB) of the denoiser with only that layer quantized; most "
+             "sensitive first.", ""]
+    lines += _md_table(_headers(data), [[d for d, _ in row] for row in _table_rows(data)])
     lines += ["", "![sensitivity per format](sensitivity_bars.png)", "",
               f"![layer x bucket heatmap, {data.focus}](bucket_heatmap.png)", "",
               "## Activation ranges (input absmax per bucket) of the most sensitive layers", "",
@@ -306,11 +304,12 @@ def to_markdown(data: ReportData) -> str:
     lines += [f"- `{r[0]}`: " + " ".join(r[1:]) for r in _range_rows(data)]
     lines += ["", "## Allocation", ""] + [f"- {k}: {v}" for k, v in _allocation_lines(data)]
     if data.curve:
-        headers, rows = _curve_table(data)
         lines += ["", f"## Quality vs size ({_curve_kind(data)})", "", _curve_note(data), "",
-                  "![quality vs size](size_curve.png)", "", "| " + " | ".join(headers) + " |",
-                  "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+                  "![quality vs size](size_curve.png)", ""] + _md_table(*_curve_table(data))
     lines += ["", "## Recipe: top-k sensitive layers in high precision", "", "```yaml", data.top_k_recipe.rstrip(),
               "```", ""]
     return "\n".join(lines)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
