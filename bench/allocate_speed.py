@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pulp
 
-from diffpress.compress.allocate import Budget, LayerChoices, LayerOption, allocate, minimum_budget
-from diffpress.compress.sensitivity import CANDIDATES
+from diffpress.plan import Budget
+from diffpress.compression.allocate import LayerChoices, LayerOption, allocate, minimum_budget
+from diffpress.presets import DEFAULT_SENSITIVITY_CANDIDATES, candidate
+
+CANDIDATES = {name: candidate(name) for name in DEFAULT_SENSITIVITY_CANDIDATES}
 
 SHAPES = ((64, 64), (128, 128), (256, 256), (512, 512))
 

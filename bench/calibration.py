@@ -34,10 +34,10 @@ def _header(command: str) -> dict:
 
 
 def ranges() -> dict:
-    from diffpress.api import load_pipeline
+    from diffpress.checkpoint import load_pipeline
     from diffpress.calibration import calibrate
 
-    calibration = calibrate(load_pipeline("builtin:digits"), list(range(10)), num_inference_steps=25,
+    calibration = calibrate(load_pipeline("builtin:digits"), list(range(10)), steps=25,
                             num_samples=64, batch_size=64, buckets=10, reservoir_size=0, progress=False)
     spread = {}
     for layer in calibration.layers:
@@ -56,7 +56,7 @@ def ranges() -> dict:
 
 
 def _digits_run(collect_stats: bool) -> None:
-    from diffpress.api import load_pipeline
+    from diffpress.checkpoint import load_pipeline
     from diffpress.calibration import collect
 
     pipe = load_pipeline("builtin:digits")

@@ -47,7 +47,7 @@ ROTATE_BYTES = 256 * 2**20  # total operand bytes per rotation: well above the 5
 
 
 def packed_weights(fmt: str, n: int, k: int, copies: int):
-    from diffpress.compress.quantize import quantize_weight
+    from diffpress.compression.quantize import quantize_weight
     from diffpress.formats import Granularity, QuantFormat
 
     weight_format, granularity, group, _ = FORMATS[fmt]

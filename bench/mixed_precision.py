@@ -33,13 +33,19 @@ from pathlib import Path
 
 import torch
 
-from diffpress.api import load_pipeline, measure_sensitivity, pipeline_image_probe
 from diffpress.calibration import calibrate
-from diffpress.compress.allocate import Allocation, Budget, allocate, choices_from_report, uniform_allocation
-from diffpress.compress.ptq import quantize_model
-from diffpress.compress.sensitivity import LayerVariants, SensitivityOptions, SensitivityReport
-from diffpress.evaluate import EvalSettings, _labels_and_noise, _sample, _side
-from diffpress.recipe import Recipe, Rule, preset
+from diffpress.checkpoint import load_pipeline
+from diffpress.compression.allocate import Allocation, allocate, choices_from_report, uniform_allocation
+from diffpress.compression.ptq import quantize_model
+from diffpress.compression.sensitivity.image_metric import pipeline_image_probe
+from diffpress.compression.sensitivity.measure import SensitivityOptions, measure_sensitivity
+from diffpress.compression.sensitivity.report import SensitivityReport
+from diffpress.compression.sensitivity.variants import LayerVariants
+from diffpress.metrics import stored_bytes
+from diffpress.plan import Budget
+from diffpress.evaluation import EvalSettings, _labels_and_noise, _sample, _side
+from diffpress.presets import preset
+from diffpress.recipe import Recipe, Rule
 from diffpress.zoo import BUILTINS
 from diffpress.zoo.digits import load_eval_kit
 
@@ -55,9 +61,9 @@ def quantized_weight_bytes(denoiser, layers) -> int:
     for fqn in layers:
         module = denoiser.get_submodule(fqn)
         if hasattr(module, "qdata"):
-            total += sum(t.numel() * t.element_size() for t in (module.qdata, module.scales))
+            total += stored_bytes(module.qdata) + stored_bytes(module.scales)
         else:
-            total += module.weight.numel() * module.weight.element_size()
+            total += stored_bytes(module.weight)
     return total
 
 
@@ -138,17 +144,18 @@ def main() -> None:
     torch.manual_seed(0)
     pipe = load_pipeline("builtin:digits")
     started = time.perf_counter()
-    calibration = calibrate(pipe, list(range(10)), num_inference_steps=25, num_samples=32, seed=0, buckets=8,
+    calibration = calibrate(pipe, list(range(10)), steps=25, num_samples=32, seed=0, buckets=8,
                             reservoir_size=4, progress=False)
     calibration_seconds = time.perf_counter() - started
     options = SensitivityOptions(CANDIDATES, calls_per_bucket=2, image_layers=None, progress=True, methods="full")
-    variants = LayerVariants.build(pipe.unet, calibration, options)
+    variants = options.variants(pipe.unet, calibration)
     quantize_seconds = variants.seconds
     saved = RESULTS / "mixed-precision-digits-sensitivity.json"
     if args.reuse_sensitivity:
         report = SensitivityReport.load(saved)
     else:
-        report = measure_sensitivity(pipe, calibration, options, IMAGE_SAMPLES, IMAGE_STEPS, list(range(10)), variants)
+        probe = pipeline_image_probe(pipe, list(range(10)), IMAGE_SAMPLES, IMAGE_STEPS)
+        report = measure_sensitivity(pipe.unet, calibration, options, probe, variants)
         report.save(saved)
     print(f"calibration {calibration_seconds:.1f} s, quantize {quantize_seconds:.1f} s, sensitivity "
           f"{report.info['output_seconds'] + report.info['image_seconds']:.1f} s", flush=True)

@@ -4,14 +4,14 @@
     python bench/peers.py [--num-samples 200] [--steps 25] [--seed 0]
     python bench/peers.py --markdown                   # print the tables from the saved JSON
 
-The reference is sampled once (diffpress.evaluate.sample_reference) and every candidate is scored
-against it with diffpress.evaluate.evaluate_pipeline, i.e. the harness behind `diffpress eval`:
+The reference is sampled once (diffpress.evaluation.sample_reference) and every candidate is scored
+against it with diffpress.evaluation.evaluate_pipeline, i.e. the harness behind `diffpress eval`:
 PSNR/SSIM against the reference model's own samples, classifier accuracy, Frechet distance in the
 classifier's feature space, bytes of the denoiser's tensors (inner tensors of quantized tensor
 subclasses, not their logical size) and sampling seconds.
 
 Layers: every tool quantizes the layers diffpress quantizes by default, i.e. every Linear/Conv2d of
-the UNet except those diffpress.compress.swap.DEFAULT_SKIP keeps in high precision (the embedders,
+the UNet except those diffpress.compression.swap.DEFAULT_SKIP keeps in high precision (the embedders,
 conv_in, conv_out); quanto gets them as an exclude list, torchao as a filter_fn. torchao 0.18's int8
 tensors do not implement convolution, so torchao quantizes the Linear layers of that set only, and
 diffpress is also run on those Linear layers alone (a Recipe with one rule per layer name) so that
@@ -42,10 +42,12 @@ from torch import nn
 
 from diffpress import io
 from diffpress.api import compress
-from diffpress.compress.swap import DEFAULT_SKIP, quantizable_layers, skip_reason
-from diffpress.evaluate import (EvalSettings, ReferenceRun, evaluate_pipeline, load_reference_pipeline,
-                                sample_reference, stored_bytes)
-from diffpress.recipe import Recipe, Rule, preset
+from diffpress.compression.surgery import compressible_layers as quantizable_layers
+from diffpress.compression.swap import DEFAULT_SKIP, skip_reason
+from diffpress.evaluation import EvalSettings, ReferenceRun, evaluate_pipeline, load_reference_pipeline, sample_reference
+from diffpress.metrics import state_bytes
+from diffpress.presets import preset
+from diffpress.recipe import Recipe, Rule
 from diffpress.zoo.digits import IMAGE_SIZE, NUM_CLASSES
 
 MODEL = "builtin:digits"
@@ -106,7 +108,7 @@ def layer_sets(denoiser: nn.Module) -> dict[str, list[str]]:
 
 
 def model_bytes(denoiser: nn.Module) -> int:
-    return sum(stored_bytes(t) for t in denoiser.state_dict().values())
+    return state_bytes(denoiser)
 
 
 # ------------------------------------------------------------------ diffpress
@@ -118,7 +120,7 @@ def run_diffpress(config: str, layers: list[str], layer_set: str, scratch: Path)
         result = compress(MODEL, config, out)
     else:
         recipe = Recipe(default=None, rules=tuple(Rule(fqn, preset(config)) for fqn in layers))
-        result = compress(MODEL, None, out, recipe=recipe)
+        result = compress(MODEL, recipe, out)
     return io.load(out), result.seconds, list(result.report.quantized), {}
 
 

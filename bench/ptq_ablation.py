@@ -27,11 +27,13 @@ from pathlib import Path
 
 import torch
 
-from diffpress.api import load_pipeline, tensor_bytes
+from diffpress.checkpoint import load_pipeline
+from diffpress.metrics import state_bytes as tensor_bytes
 from diffpress.calibration import calibrate
-from diffpress.compress.ptq import quantize_model
-from diffpress.evaluate import EvalSettings, _labels_and_noise, _sample, _side
-from diffpress.recipe import QuantSpec, Recipe, preset
+from diffpress.compression.ptq import quantize_model
+from diffpress.evaluation import EvalSettings, _labels_and_noise, _sample, _side
+from diffpress.presets import preset
+from diffpress.recipe import QuantSpec, Recipe
 from diffpress.zoo import BUILTINS
 from diffpress.zoo.digits import load_eval_kit
 
@@ -64,7 +66,7 @@ def main() -> None:
     classifier, real = load_eval_kit(BUILTINS["digits"].path)
     labels, noise = _labels_and_noise(settings)
     started = time.perf_counter()
-    calibration = calibrate(pipe, list(range(10)), num_inference_steps=25, num_samples=32, seed=0, buckets=8,
+    calibration = calibrate(pipe, list(range(10)), steps=25, num_samples=32, seed=0, buckets=8,
                             reservoir_size=4, progress=False)
     calibration_seconds = time.perf_counter() - started
     float_unet = pipe.unet

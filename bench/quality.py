@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from diffpress.api import compress, evaluate
-from diffpress.recipe import PRESETS
+from diffpress.presets import PRESETS
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from diffpress.compress.quantize import ScaleMethod, fake_quantize
+from diffpress.compression.quantize import fake_quantize
+from diffpress.recipe import ScaleMethod
 from diffpress.formats import FORMAT_SPECS, Granularity
 from diffpress.metrics import sqnr_db
 

@@ -25,11 +25,11 @@ import tiny_models  # noqa: E402
 import tempfile  # noqa: E402
 
 import diffpress  # noqa: E402
-from diffpress.api import tensor_bytes  # noqa: E402
+from diffpress.metrics import state_bytes as tensor_bytes  # noqa: E402
 from diffpress.calibration import calibrate  # noqa: E402
-from diffpress.compress.ptq import quantize_model  # noqa: E402
+from diffpress.compression.ptq import quantize_model  # noqa: E402
 from diffpress.metrics import sqnr_db  # noqa: E402
-from diffpress.recipe import PRESETS, preset_recipe  # noqa: E402
+from diffpress.presets import PRESETS, preset_recipe  # noqa: E402
 
 
 

@@ -1,6 +1,8 @@
 """diffpress: post-training compression for diffusion models.
 
-The public API is imported lazily so that `import diffpress` stays light (no diffusers, no triton).
+The public API is imported lazily so that `import diffpress` stays light (no torch, no diffusers,
+no triton). Every name below is documented in the README's "Python API" table; no subpackage or
+module shares a name with an export (a test checks both), so `diffpress.compress` is always the verb.
 """
 from __future__ import annotations
 
@@ -9,33 +11,50 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load": "diffpress.io",
-    "save": "diffpress.io",
-    "compress": "diffpress.api",
-    "calibrate": "diffpress.calibration",
-    "CalibrationSet": "diffpress.calibration",
-    "quantize_": "diffpress.compress.swap",
-    "QuantSpec": "diffpress.recipe",
-    "PRESETS": "diffpress.recipe",
-    "QuantFormat": "diffpress.formats",
-    "Granularity": "diffpress.formats",
-    "DiffpressError": "diffpress.errors",
+    # verbs
+    "calibrate": "diffpress.api",
     "sensitivity": "diffpress.api",
     "allocate": "diffpress.api",
-    "Budget": "diffpress.compress.allocate",
-    "SensitivityOptions": "diffpress.compress.sensitivity",
-    "SensitivityReport": "diffpress.compress.sensitivity",
+    "compress": "diffpress.api",
+    "evaluate": "diffpress.api",
+    "inspect": "diffpress.api",
+    "models": "diffpress.api",
+    "save": "diffpress.io",
+    "load": "diffpress.io",
+    "quantize_": "diffpress.compression.swap",
+    # plans
+    "Plan": "diffpress.plan",
+    "Recipe": "diffpress.recipe",
+    "Rule": "diffpress.recipe",
+    "QuantSpec": "diffpress.recipe",
+    "MixedPrecision": "diffpress.plan",
+    "Budget": "diffpress.plan",
+    "PRESETS": "diffpress.presets",
+    "QuantFormat": "diffpress.formats",
+    "Granularity": "diffpress.formats",
+    # calibration and sensitivity
+    "CalibrationOptions": "diffpress.calibration",
+    "CalibrationSet": "diffpress.calibration",
+    "SensitivityOptions": "diffpress.compression.sensitivity.measure",
+    "SensitivityMethods": "diffpress.presets",
+    "SensitivityReport": "diffpress.compression.sensitivity.report",
+    # errors
+    "DiffpressError": "diffpress.errors",
+    "InputError": "diffpress.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 
-_SUBPACKAGES = ("calibration", "compress", "kernels", "zoo")
-
-
 def __getattr__(name: str):
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"diffpress.{name}")
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # a later submodule import cannot shadow what was already resolved
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f"diffpress.{name}")  # subpackages, e.g. diffpress.calibration
+        except ModuleNotFoundError as error:
+            if error.name != f"diffpress.{name}":
+                raise
     raise AttributeError(f"module 'diffpress' has no attribute {name!r}")

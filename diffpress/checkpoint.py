@@ -41,13 +41,17 @@ def read_json(path: Path) -> dict:
         raise InputError(f"{path}: not readable JSON ({error})") from None
 
 
-def resolve(model: str | Path) -> Checkpoint:
-    """Validate MODEL (a diffusers model or pipeline directory, or builtin:NAME) and say what it is."""
+def _builtin_or_path(model: str | Path) -> Path:
     if isinstance(model, str) and model.startswith("builtin:"):
         from .zoo import builtin_path
 
-        model = builtin_path(model)
-    root = Path(model).expanduser()
+        return builtin_path(model)
+    return Path(model).expanduser()
+
+
+def resolve(model: str | Path) -> Checkpoint:
+    """Validate MODEL (a diffusers model or pipeline directory, or builtin:NAME) and say what it is."""
+    root = _builtin_or_path(model)
     if not root.exists():
         raise InputError(f"{root}: no such file or directory")
     if not root.is_dir():
@@ -167,8 +171,9 @@ def pipeline_class(root: Path) -> type:
     return pipeline_classes().get(read_json(root / "model_index.json").get("_class_name"), DiffusionPipeline)
 
 
-def load_pipeline(root: Path, **components):
-    """Load a pipeline directory offline from safetensors; `components` replace loaded ones."""
+def load_pipeline(model: str | Path, **components):
+    """Load a pipeline directory (or builtin:NAME) offline from safetensors; `components` replace loaded ones."""
+    root = _builtin_or_path(model)
     try:
         return pipeline_class(root).from_pretrained(root, use_safetensors=True, local_files_only=True,
                                                     low_cpu_mem_usage=False, **components)

@@ -2,11 +2,22 @@
 
 
 class DiffpressError(Exception):
-    """Base class: the CLI prints these as one line and exits with status 2."""
+    """Base class: the CLI prints these as one line and exits with status 2.
+
+    `option`: the API parameter the bad value came in through (e.g. "labels", "calibration"), when
+    the raiser knows it; the CLI names the matching command-line option in its message.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
-class InputError(DiffpressError):
-    """A user-supplied path, checkpoint or option is missing, malformed or unsupported."""
+class InputError(DiffpressError, ValueError):
+    """A user-supplied path, checkpoint, option or value is missing, malformed or unsupported.
+
+    Also a ValueError, so code that guards a call with `except ValueError` keeps working.
+    """
 
 
 class IntegrityError(DiffpressError):
@@ -15,3 +26,7 @@ class IntegrityError(DiffpressError):
 
 class OutputExistsError(DiffpressError):
     """The output directory exists and overwriting was not requested."""
+
+
+class NotYetSupportedError(InputError):
+    """A well-formed request for something this version does not do yet (e.g. a recipe's prune stages)."""

@@ -27,8 +27,8 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, load_pipeline, read_json
-from .compress.modules import OPTIONAL_BUFFERS, QuantConv2d, QuantLinear, set_backends
-from .compress.swap import set_submodule
+from .compression.modules import OPTIONAL_BUFFERS, set_backends
+from .compression.surgery import compressed_layers, kind_of, replace_module, replacement_by_kind
 from .errors import InputError, IntegrityError, OutputExistsError
 from .recipe import QuantSpec
 
@@ -125,12 +125,10 @@ def verify_manifest(root: Path) -> dict:
 def layer_plan(model: nn.Module) -> dict[str, dict]:
     """fqn -> {"module": linear|conv2d, **QuantSpec} for every quantized layer."""
     plan = {}
-    for fqn, module in model.named_modules():
-        if isinstance(module, (QuantLinear, QuantConv2d)):
-            kind = "linear" if isinstance(module, QuantLinear) else "conv2d"
-            plan[fqn] = {"module": kind, "layout": module.packed.layout.value, **module.spec.to_dict()}
-            if module.act_split:
-                plan[fqn]["act_split"] = module.act_split
+    for fqn, module in compressed_layers(model):
+        plan[fqn] = {"module": kind_of(module), "layout": module.packed.layout.value, **module.spec.to_dict()}
+        if module.act_split:
+            plan[fqn]["act_split"] = module.act_split
     return plan
 
 
@@ -217,7 +215,7 @@ def load(path: str | Path, backend: str = "auto", device: str | torch.device | N
     model there; then each quantized layer's `backend` (auto | triton | reference) is resolved once
     for its device: auto takes triton on a CUDA GPU that can run it, reference otherwise; triton
     where it cannot run raises DiffpressError with the reason. After moving a model later, call
-    `diffpress.compress.modules.set_backends(model, backend)` to resolve again.
+    `diffpress.compression.modules.set_backends(model, backend)` to resolve again.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -268,14 +266,13 @@ def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path,
             float_module = model.get_submodule(fqn)
         except AttributeError:
             raise IntegrityError(f"{directory}: quantization_config names layer {fqn!r}, which the model lacks") from None
-        shell_cls = QuantLinear if kind == "linear" else QuantConv2d
-        shell = shell_cls.empty_like(float_module, QuantSpec.from_dict(entry))
+        shell = replacement_by_kind(kind).compressed_class.empty_like(float_module, QuantSpec.from_dict(entry))
         shell.fqn, shell.act_split = fqn, act_split
         for name in OPTIONAL_BUFFERS:  # placeholders so that assign-loading finds the keys
             stored = state.get(f"{fqn}.{name}")
             if stored is not None:
                 shell.set_optional(name, torch.empty(stored.shape, dtype=stored.dtype, device="meta"))
-        set_submodule(model, fqn, shell)
+        replace_module(model, fqn, shell)
 
 
 def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
@@ -295,13 +292,13 @@ def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directo
 
 
 def _attach_timestep_tracker(model: nn.Module, buckets: dict | None) -> None:
-    static = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d)) and m.act_scales is not None]
+    static = [m for _, m in compressed_layers(model) if m.act_scales is not None]
     if not static:
         return
     if not buckets:
         raise IntegrityError("layers have static activation scales but quantization_config has no timestep_buckets")
     from .calibration.buckets import TimestepBuckets
-    from .compress.timesteps import attach_tracker
+    from .compression.timesteps import attach_tracker
 
     tracker = attach_tracker(model, TimestepBuckets(**buckets))
     for module in static:

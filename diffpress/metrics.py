@@ -52,3 +52,17 @@ def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """Mean and covariance (rows are samples) in float64."""
     features = features.double()
     return features.mean(0), torch.cov(features.T)
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; for a wrapper tensor subclass (e.g. a peer's quantized weight), the sum over its
+    inner tensors."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def state_bytes(module: torch.nn.Module) -> int:
+    """Bytes of every parameter and persistent buffer of `module` (what its safetensors file holds)."""
+    return sum(stored_bytes(t) for t in module.state_dict().values())

@@ -1,7 +1,8 @@
-"""What to do to which layer: QuantSpec (one layer's plan), Recipe (default plan + ordered rules),
-and the named presets.
+"""What to do to which layer: QuantSpec (one layer's quantization plan) and Recipe (a default plan +
+ordered rules, first match wins). A recipe is the quantization part of a Plan (`diffpress.plan`),
+which is what a recipe file holds; the named presets are in `diffpress.presets`.
 
-A recipe as YAML:
+The quantization part of a recipe file:
 
     default:                       # plan for every Linear/Conv2d no rule matches
       weight_format: int4
@@ -23,12 +24,15 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
-from .compress.quantize import ScaleMethod
-from .formats import Granularity, QuantFormat, check_granularity, spec_of
 from .errors import InputError
+from .formats import Granularity, QuantFormat, check_granularity, spec_of
+
+
+class ScaleMethod(str, enum.Enum):
+    ABSMAX = "absmax"  # each unit's largest magnitude onto the grid's largest code
+    MSE = "mse"  # clipping ratio per unit searched for the smallest squared error
 
 
 class ActMode(str, enum.Enum):
@@ -47,7 +51,7 @@ def _parse_enum(enum_type, value, field_name: str):
         return enum_type(value)
     except ValueError:
         allowed = ", ".join(member.value for member in enum_type)
-        raise ValueError(f"{field_name} {value!r} is not one of: {allowed}") from None
+        raise InputError(f"{field_name} {value!r} is not one of: {allowed}", field_name) from None
 
 
 @dataclass(frozen=True)
@@ -86,27 +90,31 @@ class QuantSpec:
                 object.__setattr__(self, name, _parse_enum(enum_type, getattr(self, name), name))
         if self.act_format is not None:
             if spec_of(self.act_format).bits != 8:
-                raise ValueError(f"act_format must be an 8-bit format (int8, fp8_e4m3), got {self.act_format.value}")
+                raise InputError(f"act_format must be an 8-bit format (int8, fp8_e4m3), got {self.act_format.value}",
+                                 "act_format")
         if self.granularity is not Granularity.PER_GROUP:
             object.__setattr__(self, "group_size", None)
-        check_granularity(self.weight_format, self.granularity, self.group_size)
+        try:
+            check_granularity(self.weight_format, self.granularity, self.group_size)
+        except ValueError as error:
+            raise InputError(str(error), "granularity") from None
         self._check_methods()
 
     def _check_methods(self) -> None:
         if self.smoothing is not None and self.smoothing != "auto" and not (
                 isinstance(self.smoothing, (int, float)) and 0 <= self.smoothing <= 1):
-            raise ValueError(f"smoothing must be null, 'auto' or an alpha in [0, 1], got {self.smoothing!r}")
+            raise InputError(f"smoothing must be null, 'auto' or an alpha in [0, 1], got {self.smoothing!r}", "smoothing")
         if self.smoothing is not None and self.act_format is None:
-            raise ValueError("smoothing moves activation outliers into weights: it needs act_format")
+            raise InputError("smoothing moves activation outliers into weights: it needs act_format", "smoothing")
         if not isinstance(self.low_rank, int) or self.low_rank < 0:
-            raise ValueError(f"low_rank must be a rank >= 0, got {self.low_rank!r}")
+            raise InputError(f"low_rank must be a rank >= 0, got {self.low_rank!r}", "low_rank")
         if self.act_mode is ActMode.STATIC and self.act_format is None:
-            raise ValueError("act_mode static needs act_format")
+            raise InputError("act_mode static needs act_format", "act_mode")
         for name in ("split_shortcuts", "bos_aware"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}", name)
         if self.split_shortcuts and self.act_format is None:
-            raise ValueError("split_shortcuts splits activation quantization: it needs act_format")
+            raise InputError("split_shortcuts splits activation quantization: it needs act_format", "split_shortcuts")
 
     @property
     def needs_calibration(self) -> bool:
@@ -155,8 +163,8 @@ def spec_from_mapping(mapping: dict, base: QuantSpec | None, where: str) -> Quan
         raise InputError(f"{where}: weight_format and granularity are required")
     try:
         return QuantSpec.from_dict(fields_)
-    except ValueError as error:
-        raise InputError(f"{where}: {error}") from None
+    except InputError as error:
+        raise InputError(f"{where}: {error}", error.option) from None
 
 
 @dataclass(frozen=True)
@@ -189,43 +197,33 @@ class Recipe:
         rule = self.rule_for(fqn)
         return rule.plan if rule else self.default
 
-    # ---------------------------------------------------------- dict / YAML
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether any plan uses a method that needs calibration data."""
+        return any(plan is not None and plan.needs_calibration for plan in (self.default, *(r.plan for r in self.rules)))
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "recipe") -> "Recipe":
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a mapping with 'default' and 'rules', got {type(data).__name__}")
-        _named(data, {"default", "rules", "keep_default_skips"}, where)
+        _named(data, set(RECIPE_KEYS), where)
         default_value = data.get("default")
         default = None if default_value in (None, SKIP) else spec_from_mapping(default_value, None, f"{where}: default")
-        rules = tuple(_rule(entry, default, f"{where}: rules[{i}]") for i, entry in enumerate(data.get("rules") or []))
-        return cls(default, rules, bool(data.get("keep_default_skips", True)))
+        rules = data.get("rules") or []
+        if not isinstance(rules, list):
+            raise InputError(f"{where}: rules must be a list of {{match, plan}} mappings, got {type(rules).__name__}")
+        keep = data.get("keep_default_skips", True)
+        if not isinstance(keep, bool):
+            raise InputError(f"{where}: keep_default_skips must be true or false, got {keep!r}")
+        return cls(default, tuple(_rule(entry, default, f"{where}: rules[{i}]") for i, entry in enumerate(rules)), keep)
 
     def to_dict(self) -> dict:
         default = self.default.to_dict() if self.default else SKIP
         rules = [{"match": r.match, "plan": _overrides(r.plan, self.default)} for r in self.rules]
         return {"default": default, "keep_default_skips": self.keep_default_skips, "rules": rules}
 
-    @classmethod
-    def from_yaml(cls, text: str, where: str = "recipe") -> "Recipe":
-        import yaml
 
-        try:
-            return cls.from_dict(yaml.safe_load(text), where)
-        except yaml.YAMLError as error:
-            raise InputError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such recipe file")
-        return cls.from_yaml(path.read_text(), str(path))
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+RECIPE_KEYS = ("default", "rules", "keep_default_skips")
 
 
 def _rule(entry, default: QuantSpec | None, where: str) -> Rule:
@@ -250,58 +248,3 @@ def _overrides(plan: QuantSpec | None, default: QuantSpec | None):
         return plan.to_dict()
     base = default.to_dict()
     return {k: v for k, v in plan.to_dict().items() if base.get(k) != v} or plan.to_dict()
-
-
-PRESETS: dict[str, tuple[QuantSpec, str]] = {
-    "w8a16-int8": (QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL),
-                   "INT8 weights, one scale per output channel; activations stay in the model dtype"),
-    "w8a16-fp8": (QuantSpec(QuantFormat.FP8_E4M3, Granularity.PER_CHANNEL),
-                  "FP8 e4m3 weights, one scale per output channel; activations stay in the model dtype"),
-    "w4a16-int4": (QuantSpec(QuantFormat.INT4, Granularity.PER_GROUP, 128, scale_method=ScaleMethod.MSE),
-                   "INT4 weights, groups of 128 along K, MSE-searched clipping; activations unquantized"),
-    "w4a16-fp4": (QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16, scale_method=ScaleMethod.MSE),
-                  "FP4 e2m1 weights with block-16 scales, MSE-searched clipping; activations unquantized"),
-    "w8a8-int8": (QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT8),
-                  "INT8 weights per channel, INT8 activations per token (dynamic)"),
-    "w8a8-fp8": (QuantSpec(QuantFormat.FP8_E4M3, Granularity.PER_CHANNEL, act_format=QuantFormat.FP8_E4M3),
-                 "FP8 e4m3 weights per channel, FP8 e4m3 activations per token (dynamic)"),
-    # The 8-bit candidate of mixed precision: with MSE clipping and learned rounding, uniform W8A8
-    # measured 39.50 dB against 39.11 for w8a8-int8 (bench/results/mixed-precision-digits.json).
-    "w8a8-int8-learned": (QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT8,
-                                    scale_method=ScaleMethod.MSE, rounding=Rounding.LEARNED),
-                          "INT8 weights per channel (MSE clipping, learned rounding), INT8 activations per token "
-                          "(dynamic); calibrates"),
-    # The W4A8 presets are the best combination measured on builtin:digits
-    # (bench/results/ptq-ablation-digits.json): clipping + searched smoothing + learned rounding.
-    "w4a8-int": (QuantSpec(QuantFormat.INT4, Granularity.PER_GROUP, 128, act_format=QuantFormat.INT8,
-                           scale_method=ScaleMethod.MSE, smoothing="auto", rounding=Rounding.LEARNED),
-                 "INT4 weights (g128, MSE clipping, learned rounding), INT8 activations per token, searched "
-                 "smoothing; calibrates"),
-    "w4a8-fp4": (QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16, act_format=QuantFormat.FP8_E4M3,
-                           scale_method=ScaleMethod.MSE, smoothing="auto", rounding=Rounding.LEARNED),
-                 "FP4 e2m1 weights (block 16, MSE clipping, learned rounding), FP8 activations per token, "
-                 "searched smoothing; calibrates"),
-}
-
-
-def _round_to_nearest(spec: QuantSpec) -> QuantSpec:
-    return replace(spec, scale_method=ScaleMethod.ABSMAX, smoothing=None, low_rank=0, rounding=Rounding.NEAREST,
-                   act_mode=ActMode.DYNAMIC, split_shortcuts=False, bos_aware=False)
-
-
-# Each preset's round-to-nearest baseline: same formats, absmax scales, no method, so what the
-# methods buy can be measured.
-PRESETS.update({f"{name}-rtn": (_round_to_nearest(spec), "round-to-nearest baseline of " + name)
-                for name, (spec, _) in list(PRESETS.items())})
-
-
-def preset(name: str) -> QuantSpec:
-    """The QuantSpec of a named preset; InputError lists the presets."""
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return PRESETS[name][0]
-
-
-def preset_recipe(name: str) -> Recipe:
-    """A preset as a recipe: its plan for every layer, the default skip list kept."""
-    return Recipe(preset(name))

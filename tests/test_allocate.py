@@ -7,11 +7,13 @@ import random
 
 import pytest
 
-from diffpress.compress.allocate import (Budget, LayerChoices, LayerOption, allocate, choices_from_report,
+from diffpress.compression.allocate import (Budget, LayerChoices, LayerOption, allocate, choices_from_report,
                                          minimum_budget, uniform_allocation)
-from diffpress.compress.sensitivity import LayerInfo, SensitivityReport
+from diffpress.compression.sensitivity.report import LayerInfo, SensitivityReport
 from diffpress.errors import DiffpressError, InputError
-from diffpress.recipe import Recipe, preset
+from diffpress.presets import SensitivityMethods, preset
+from diffpress.plan import Plan
+from diffpress.recipe import Recipe
 
 
 def option(name: str, cost: float, bits: float, params: int = 100, latency: float | None = None) -> LayerOption:
@@ -90,7 +92,7 @@ def test_budgets_are_respected_and_deterministic():
 
 
 def test_dominated_options_are_dropped():
-    from diffpress.compress.allocate import without_dominated
+    from diffpress.compression.allocate import without_dominated
 
     layer = LayerChoices("x", 10, (option("bf16", 0.1, 16), option("w8a8-int8", 0.2, 8), option("w8a8-fp8", 0.3, 8),
                                    option("w4a8-int", 0.5, 4), option("w4a16-int4", 0.5, 4)))
@@ -145,12 +147,12 @@ def test_allocation_recipe_round_trips_and_names_exact_layers():
     allocation = allocate(choices_from_report(report), Budget(avg_bits=7.5))
     assert allocation.choice["down.conv"] != "w4a8-int"  # 10 dB at bucket 0: the most sensitive
     recipe = allocation.to_recipe()
-    again = Recipe.from_yaml(recipe.to_yaml())
+    again = Plan.from_yaml(Plan(recipe).to_yaml()).recipe
     assert again.to_dict() == recipe.to_dict()
     for fqn, name in allocation.choice.items():
         assert again.plan_for(fqn) == (None if name == "bf16" else preset(name))
     assert again.plan_for("some.other.layer") is None
-    fast = allocation.to_recipe(fast=True)
+    fast = allocation.to_recipe(SensitivityMethods.RTN)
     assert all(rule.plan is None or rule.plan == preset(allocation.choice[rule.match] + "-rtn") for rule in fast.rules)
     assert uniform_allocation(choices_from_report(report), "w8a8-int8").avg_bits == 8
 
@@ -172,13 +174,13 @@ def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
 
     out = tmp_path / "mixed"
     code = main(["compress", "builtin:digits", "--preset", "mixed", "--avg-bits", "5", "--methods", "rtn",
-                 "--calib-samples", "2", "--calib-steps", "1", "--sensitivity-calls", "1", "--out", str(out), "--quiet"])
+                 "--calib-samples", "2", "--calib-steps", "1", "--calls-per-bucket", "1", "--out", str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "allocation: " in printed and "w8a8-int8" in printed
     allocation = json.loads((out / "allocation.json").read_text())
     assert allocation["avg_bits"] <= 5 + 1e-9 and len(allocation["choice"]) == 72
-    recipe = Recipe.load(out / "recipe.yaml")
+    recipe = Plan.load(out / "recipe.yaml").recipe
     assert {rule.match for rule in recipe.rules} == set(allocation["choice"])
     assert main(["inspect", "builtin:digits", "--recipe", str(out / "recipe.yaml")]) == 0
     assert main(["compress", "builtin:digits", "--preset", "mixed", "--out", str(tmp_path / "x")]) == 2
@@ -186,7 +188,7 @@ def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
 
 
 def test_latency_table_from_a_kernel_benchmark_result(tmp_path):
-    from diffpress.compress.allocate import load_latency_table
+    from diffpress.compression.allocate import load_latency_table
 
     def rows(fmt, shape, ms_by_mode, bf16_ms):
         return [{"shape": list(shape), "format": fmt, "act_quant": mode, "ms": ms, "baseline": base,
@@ -207,5 +209,5 @@ def test_latency_table_from_a_kernel_benchmark_result(tmp_path):
     with pytest.raises(InputError, match="no kernel timings for candidate 'w4a8-fp4'"):
         load_latency_table(path, ["w4a8-fp4"])
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(InputError, match="not JSON"):
+    with pytest.raises(InputError, match="not a readable JSON"):
         load_latency_table(tmp_path / "bad.json")

@@ -6,9 +6,9 @@ import torch
 import diffpress
 import tiny_models
 from diffpress.calibration import calibrate
-from diffpress.compress.block_reconstruction import find_blocks
-from diffpress.compress.ptq import quantize_model
-from diffpress.compress.swap import quantizable_layers
+from diffpress.compression.block_reconstruction import find_blocks
+from diffpress.compression.ptq import quantize_model
+from diffpress.compression.surgery import compressible_layers as quantizable_layers
 from diffpress.metrics import sqnr_db
 from diffpress.recipe import QuantSpec, Recipe
 

@@ -96,14 +96,14 @@ def test_merged_partial_runs_equal_one_full_run():
 
 @pytest.fixture(scope="module")
 def digits_pipe():
-    from diffpress.evaluate import load_reference_pipeline
+    from diffpress.evaluation import load_reference_pipeline
 
     return load_reference_pipeline("builtin:digits")[0]
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "ndtc", "eda"])
 def test_same_seed_identical_set_and_exact_save_load(digits_pipe, tmp_path, strategy):
-    kwargs = dict(num_inference_steps=6, num_samples=6, batch_size=3, seed=3, buckets=3, reservoir_size=2,
+    kwargs = dict(steps=6, num_samples=6, batch_size=3, seed=3, buckets=3, reservoir_size=2,
                   strategy=strategy, progress=False)
     first = calibrate(digits_pipe, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], **kwargs)
     second = calibrate(digits_pipe, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], **kwargs)
@@ -181,11 +181,13 @@ def test_clear_errors_for_empty_prompts_missing_denoiser_and_mixed_timesteps(dig
 def test_buckets():
     buckets = TimestepBuckets(4, 1000)
     assert [buckets.bucket_of(t) for t in (0, 249, 250, 999, 1000, 5000)] == [0, 0, 1, 3, 3, 3]
-    with pytest.raises(ValueError, match="num_buckets"):
+    with pytest.raises(ValueError, match="buckets must be an integer >= 1"):
         TimestepBuckets(0)
-    with pytest.raises(ValueError, match="unknown strategy 'best'"):
+    with pytest.raises(ValueError, match="strategy 'best' is not one of"):
         Strategy("best")
 
 
 def test_top_level_api_is_exposed():
-    assert diffpress.calibrate is calibrate and diffpress.calibration.collect is collect
+    from diffpress import api
+
+    assert diffpress.calibrate is api.calibrate and diffpress.calibration.collect is collect

@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, unet_dir, make_input
     before = _digest(source)
     result = diffpress("compress", source, "--preset", "w8a16-int8", "--out", tmp_path / "out")
     assert result.returncode == 2
-    assert result.stderr.startswith("diffpress: error:") and message in result.stderr
+    assert result.stderr.startswith("diffpress compress: error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -95,8 +95,8 @@ def test_calibrate_writes_a_loadable_file(tmp_path):
     from diffpress.calibration import CalibrationSet
 
     out = tmp_path / "calib.safetensors"
-    args = ("calibrate", "builtin:digits", "--out", out, "--num-samples", "4", "--steps", "3", "--buckets", "3",
-            "--reservoir-size", "1")
+    args = ("calibrate", "builtin:digits", "--out", out, "--calib-samples", "4", "--calib-steps", "3", "--buckets", "3",
+            "--reservoir-size", "1", "--quiet")
     result = diffpress(*args)
     assert result.returncode == 0, result.stderr
     assert "calibrated" in result.stdout and "denoiser calls" in result.stdout
@@ -108,5 +108,5 @@ def test_calibrate_writes_a_loadable_file(tmp_path):
 
 def test_calibrate_empty_prompts_file_is_a_clear_error(tmp_path):
     (tmp_path / "prompts.txt").write_text("\n\n")
-    result = diffpress("calibrate", "builtin:digits", "--prompts", tmp_path / "prompts.txt", "--out", tmp_path / "c")
-    assert result.returncode == 2 and "prompts file is empty" in result.stderr
+    result = diffpress("calibrate", "builtin:digits", "--calib-prompts", tmp_path / "prompts.txt", "--out", tmp_path / "c")
+    assert result.returncode == 2 and "--calib-prompts" in result.stderr and "is empty" in result.stderr

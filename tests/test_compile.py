@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffpress.compress.modules import QuantConv2d, QuantLinear
-from diffpress.recipe import QuantSpec, preset
+from diffpress.compression.modules import QuantConv2d, QuantLinear
+from diffpress.presets import preset
+from diffpress.recipe import QuantSpec
 
 
 class Tiny(nn.Module):

@@ -6,12 +6,13 @@ import torch
 from torch import nn
 
 import diffpress
-from diffpress.compress.modules import QuantConv2d, QuantLinear, set_backends
+from diffpress.compression.modules import QuantConv2d, QuantLinear, set_backends
 from diffpress.errors import DiffpressError
 from diffpress.formats import QuantFormat
 from diffpress.kernels import dispatch
 from diffpress.kernels.dispatch import Backend, resolve_backend
-from diffpress.recipe import QuantSpec, preset
+from diffpress.presets import preset
+from diffpress.recipe import QuantSpec
 
 CPU = torch.device("cpu")
 
@@ -54,7 +55,7 @@ def test_backend_shows_in_repr(monkeypatch):
 def test_load_resolves_backend_once(tmp_path, monkeypatch):
     _no_interpreter(monkeypatch)
     import tiny_models
-    from diffpress.compress.swap import quantize_
+    from diffpress.compression.swap import quantize_
 
     model, _ = tiny_models.build("pixart")
     quantize_(model, preset("w8a8-int8"))

@@ -6,7 +6,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from diffpress.api import compress, evaluate, list_builtins
+from diffpress.api import compress, evaluate, models as list_builtins
 from diffpress.errors import InputError
 from diffpress.zoo import BUILTINS
 

@@ -7,9 +7,9 @@ import diffpress
 import tiny_models
 import tiny_pipelines
 from diffpress.calibration import calibrate, collect
-from diffpress.compress.input_sources import find_concat_splits, find_constant_first_tokens
-from diffpress.compress.modules import QuantConv2d, QuantLinear
-from diffpress.compress.ptq import quantize_model
+from diffpress.compression.input_sources import find_concat_splits, find_constant_first_tokens
+from diffpress.compression.modules import QuantConv2d, QuantLinear
+from diffpress.compression.ptq import quantize_model
 from diffpress.formats import QuantFormat
 from diffpress.kernels.reference import fake_quantize_per_token, prepare_activation
 from diffpress.recipe import QuantSpec, Recipe

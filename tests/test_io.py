@@ -6,11 +6,11 @@ import torch
 
 import tiny_models
 import diffpress
-from diffpress.compress.swap import quantize_
+from diffpress.compression.swap import quantize_
 from diffpress.errors import InputError, IntegrityError, OutputExistsError
 from diffpress.metrics import sqnr_db
-from diffpress.recipe import preset
-from diffpress.compress.modules import QuantConv2d, QuantLinear
+from diffpress.presets import preset
+from diffpress.compression.modules import QuantConv2d, QuantLinear
 
 
 def _state_equal(a, b):

@@ -3,7 +3,7 @@ import kernel_cases  # noqa: F401  (sets TRITON_INTERPRET on CPU)
 import pytest
 import torch
 
-from diffpress.compress.quantize import quantize_weight
+from diffpress.compression.quantize import quantize_weight
 from diffpress.formats import Granularity, QuantFormat
 from diffpress.kernels import reference
 from diffpress.kernels.w4a8 import w4a8_linear

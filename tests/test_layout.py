@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffpress.compress.quantize import quantize_weight
+from diffpress.compression.quantize import quantize_weight
 from diffpress.formats import Granularity, QuantFormat, encode
 from diffpress.kernels.layout import pack, pack_nibbles, unpack, unpack_nibbles
 

@@ -3,11 +3,12 @@ import torch
 from torch import nn
 
 import tiny_models
-from diffpress.compress.modules import QuantConv2d, QuantLinear
-from diffpress.compress.swap import DEFAULT_SKIP, quantize_, skip_reason
+from diffpress.compression.modules import QuantConv2d, QuantLinear
+from diffpress.compression.swap import DEFAULT_SKIP, quantize_, skip_reason
 from diffpress.formats import Granularity, QuantFormat
 from diffpress.metrics import sqnr_db
-from diffpress.recipe import PRESETS, QuantSpec, preset
+from diffpress.presets import PRESETS, preset
+from diffpress.recipe import QuantSpec
 from diffpress.errors import InputError
 
 

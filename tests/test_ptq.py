@@ -7,12 +7,12 @@ import diffpress
 import tiny_models
 from diffpress.api import compress
 from diffpress.calibration import calibrate
-from diffpress.compress.layer_inputs import capture_layer_inputs
-from diffpress.compress.low_rank import split_low_rank
-from diffpress.compress.ptq import LayerContext, _output_error, quantize_model, static_activation_scales
-from diffpress.compress.quantize import dequantize, quantize_weight
-from diffpress.compress.rounding import learn_rounding
-from diffpress.compress.smoothing import smoothed_weight, smoothing_factors, weight_channel_absmax
+from diffpress.compression.layer_inputs import capture_layer_inputs
+from diffpress.compression.low_rank import split_low_rank
+from diffpress.compression.ptq import LayerContext, _output_error, quantize_model, static_activation_scales
+from diffpress.compression.quantize import dequantize, quantize_weight
+from diffpress.compression.rounding import learn_rounding
+from diffpress.compression.smoothing import smoothed_weight, smoothing_factors, weight_channel_absmax
 from diffpress.errors import InputError
 from diffpress.formats import Granularity, QuantFormat, grid_values
 from diffpress.metrics import sqnr_db
@@ -49,13 +49,13 @@ def test_searched_smoothing_tames_an_outlier_channel():
     rows[:, 3] *= 60  # one outlier input channel, as diffusion activations have
     spec = QuantSpec("int8", "per_channel", act_format="int8", smoothing="auto")  # W8A8: activation error dominates
     from diffpress.calibration.stats import ActStats
-    from diffpress.compress.ptq import _smoothing
+    from diffpress.compression.ptq import _smoothing
 
     class Stats:  # the merged calibration statistics of this one layer
         def merged_over_buckets(self, fqn):
             return ActStats.from_input(rows, -1)
 
-    from diffpress.compress.layer_inputs import LayerInputs
+    from diffpress.compression.layer_inputs import LayerInputs
     context = LayerContext("layer", linear, spec, Stats(), LayerInputs(rows, rows))
     no_smoothing = _output_error(context, torch.ones(64))
     smoothed = _output_error(context, _smoothing(context))
@@ -126,10 +126,10 @@ def test_methods_save_and_load_bit_exact(pixart_calibrated, tmp_path, methods):
 
 def test_low_rank_improves_the_trained_denoiser():
     """Trained weights have outlier directions (random ones do not): the branch must pay off there."""
-    from diffpress.api import load_pipeline
+    from diffpress.checkpoint import load_pipeline
 
     pipe = load_pipeline("builtin:digits")
-    calibration = calibrate(pipe, list(range(10)), num_inference_steps=5, num_samples=4, batch_size=4, buckets=2,
+    calibration = calibrate(pipe, list(range(10)), steps=5, num_samples=4, batch_size=4, buckets=2,
                             reservoir_size=1, progress=False)
     call = calibration.reservoir[1][0].call_kwargs()
     with torch.no_grad():
@@ -156,8 +156,8 @@ def test_methods_needing_data_without_calibration_are_a_clear_error(tmp_path):
     model.save_pretrained(tmp_path / "m")
     (tmp_path / "r.yaml").write_text("default: {weight_format: int4, granularity: per_group, group_size: 32, "
                                      "act_format: int8, smoothing: auto}")
-    with pytest.raises(InputError, match="need calibration data.*--calibration FILE"):
-        compress(tmp_path / "m", None, tmp_path / "out", recipe=tmp_path / "r.yaml")
+    with pytest.raises(InputError, match="needs calibration data.*--calibration FILE"):
+        compress(tmp_path / "m", tmp_path / "r.yaml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

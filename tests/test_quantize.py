@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from diffpress.compress.quantize import ScaleMethod, choose_scales, dequantize, fake_quantize, quantize_weight
+from diffpress.recipe import ScaleMethod
+from diffpress.compression.quantize import choose_scales, dequantize, fake_quantize, quantize_weight
 from diffpress.formats import Granularity, QuantFormat
 from diffpress.metrics import sqnr_db
 

@@ -1,11 +1,13 @@
 import pytest
 
 import tiny_models
-from diffpress.api import compress, inspect_recipe
-from diffpress.compress.swap import quantize_
+from diffpress.api import compress, inspect as inspect_recipe
+from diffpress.compression.swap import quantize_
 from diffpress.errors import InputError
 from diffpress.formats import QuantFormat
-from diffpress.recipe import PRESETS, Recipe, Rule, preset
+from diffpress.presets import PRESETS, preset
+from diffpress.plan import Plan
+from diffpress.recipe import Recipe, Rule
 
 RECIPE = """
 default: {weight_format: int4, granularity: per_group, group_size: 32, act_format: int8, scale_method: mse}
@@ -17,7 +19,7 @@ rules:
 
 
 def test_exact_glob_regex_and_first_match_wins():
-    recipe = Recipe.from_yaml(RECIPE)
+    recipe = Plan.from_yaml(RECIPE).recipe
     assert recipe.plan_for("transformer_blocks.0.ff.net.2").weight_format is QuantFormat.INT8  # exact beats the glob below
     assert recipe.plan_for("transformer_blocks.1.ff.net.2").weight_format is QuantFormat.FP8_E4M3
     assert recipe.plan_for("transformer_blocks.1.attn2.to_k") is None
@@ -27,8 +29,8 @@ def test_exact_glob_regex_and_first_match_wins():
 
 
 def test_yaml_round_trip():
-    recipe = Recipe.from_yaml(RECIPE)
-    assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+    recipe = Plan.from_yaml(RECIPE).recipe
+    assert Plan.from_yaml(Plan(recipe).to_yaml()).recipe == recipe
 
 
 @pytest.mark.parametrize("text,message", [
@@ -42,12 +44,12 @@ def test_yaml_round_trip():
 ])
 def test_bad_recipes_name_the_problem(text, message):
     with pytest.raises(InputError, match=message):
-        Recipe.from_yaml(text)
+        Plan.from_yaml(text).recipe
 
 
 def test_quantize_with_a_recipe_reports_rule_skips():
     model, _ = tiny_models.build("pixart")
-    report = quantize_(model, Recipe.from_yaml(RECIPE))
+    report = quantize_(model, Plan.from_yaml(RECIPE).recipe)
     assert report.skipped["transformer_blocks.0.attn2.to_k"] == "recipe rule 're:.*attn2\\\\.to_(k|v)$'"
     assert report.skipped["proj_out"] == "final output projection"
     assert model.transformer_blocks[0].ff.net[2].spec.weight_format is QuantFormat.INT8
@@ -57,7 +59,7 @@ def test_quantize_with_a_recipe_reports_rule_skips():
 def test_inspect_matches_what_quantize_does(tmp_path):
     model, _ = tiny_models.build("pixart")
     model.save_pretrained(tmp_path / "m")
-    recipe = Recipe.from_yaml(RECIPE)
+    recipe = Plan.from_yaml(RECIPE).recipe
     rows = {row.fqn: row for row in inspect_recipe(tmp_path / "m", recipe)}
     report = quantize_(model, recipe)
     assert {fqn for fqn, row in rows.items() if row.plan == "high precision"} == set(report.skipped)
@@ -68,12 +70,12 @@ def test_compress_with_recipe_saves_it_beside_the_output(tmp_path):
     (tmp_path / "r.yaml").write_text(RECIPE)
     model, _ = tiny_models.build("pixart")
     model.save_pretrained(tmp_path / "m")
-    result = compress(tmp_path / "m", None, tmp_path / "out", recipe=tmp_path / "r.yaml")
-    assert Recipe.load(tmp_path / "out" / "recipe.yaml") == Recipe.from_yaml(RECIPE)
+    result = compress(tmp_path / "m", tmp_path / "r.yaml", tmp_path / "out")
+    assert Plan.load(tmp_path / "out" / "recipe.yaml").recipe == Plan.from_yaml(RECIPE).recipe
     assert "transformer_blocks.0.attn2.to_v" in result.report.skipped
     import diffpress
 
-    assert diffpress.load(tmp_path / "out").transformer_blocks[0].ff.net[2].spec == Recipe.from_yaml(RECIPE).plan_for(
+    assert diffpress.load(tmp_path / "out").transformer_blocks[0].ff.net[2].spec == Plan.from_yaml(RECIPE).recipe.plan_for(
         "transformer_blocks.0.ff.net.2")
 
 

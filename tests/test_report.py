@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from diffpress.compress.sensitivity import ImageScore, LayerInfo, SensitivityReport
+from diffpress.compression.sensitivity.report import ImageScore, LayerInfo, SensitivityReport
+from diffpress.plan import Plan
 from diffpress.recipe import Recipe
 from diffpress.report import write_report
 
@@ -48,10 +49,10 @@ def test_files_and_json_contents(report_dir):
 
 
 def test_recipes_are_usable(report_dir):
-    top_k = Recipe.from_yaml(json.loads((report_dir / "report.json").read_text())["top_k_recipe"])
+    top_k = Plan.from_yaml(json.loads((report_dir / "report.json").read_text())["top_k_recipe"]).recipe
     assert [rule.match for rule in top_k.rules] == ["blocks.7.layer07", "blocks.0.layer00", "blocks.1.layer01"]
     assert all(rule.plan is None for rule in top_k.rules)
-    allocation = Recipe.load(report_dir / "recipe.yaml")
+    allocation = Plan.load(report_dir / "recipe.yaml").recipe
     assert len(allocation.rules) == 12
 
 
@@ -113,6 +114,6 @@ def test_cli_sensitivity_writes_the_report(tmp_path, capsys):
     assert measured["w8a8-int8", 8.0] > measured["w4a8-int", 4.0]  # sampled, so 8 bits must beat 4
     assert "Quality vs size (measured)" in (tmp_path / "r" / "report.html").read_text()
     assert data["allocation"]["avg_bits"] <= 5 + 1e-9
-    assert Recipe.load(tmp_path / "r" / "recipe.yaml").rules
+    assert Plan.load(tmp_path / "r" / "recipe.yaml").recipe.rules
     assert main(["sensitivity", "builtin:digits", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err

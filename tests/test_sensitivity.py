@@ -1,4 +1,4 @@
-"""Per-layer sensitivity (compress/sensitivity.py): ranking, buckets, image metric, restore, determinism."""
+"""Per-layer sensitivity (compression/sensitivity/): ranking, buckets, image metric, restore, determinism."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +9,12 @@ import torch
 from torch import nn
 
 from diffpress.calibration import calibrate
-from diffpress.compress.sensitivity import (CANDIDATES, SensitivityOptions, SensitivityReport, candidate,
-                                            image_metric_layers, measure_sensitivity, per_bucket_sqnr)
-from diffpress.compress.swap import DEFAULT_SKIP
+from diffpress.compression.sensitivity.image_metric import image_metric_layers
+from diffpress.compression.sensitivity.measure import SensitivityOptions, measure_sensitivity
+from diffpress.compression.sensitivity.output_metric import per_bucket_sqnr
+from diffpress.compression.sensitivity.report import SensitivityReport
+from diffpress.presets import DEFAULT_SENSITIVITY_CANDIDATES, candidate
+from diffpress.compression.swap import DEFAULT_SKIP
 from diffpress.errors import DiffpressError, InputError
 import tiny_models
 
@@ -56,8 +59,8 @@ FAST = ("bf16", "w8a8-int8", "w4a8-int")
 
 
 def test_candidate_table_bits_and_bytes():
-    assert [CANDIDATES[n].weight_bits for n in CANDIDATES] == [16, 8, 8, 4, 4, 4]
-    assert CANDIDATES["w4a16-int4"].act_bits == 16 and CANDIDATES["w4a8-int"].act_bits == 8
+    assert [candidate(n).weight_bits for n in DEFAULT_SENSITIVITY_CANDIDATES] == [16, 8, 8, 4, 4, 4]
+    assert candidate("w4a16-int4").act_bits == 16 and candidate("w4a8-int").act_bits == 8
     # int4 g128 on (64, 256): 64*128 code bytes + 64*2 bf16 scales * 2 bytes
     assert candidate("w4a16-int4").packed_bytes((64, 256)) == 64 * 128 + 64 * 2 * 2
     assert candidate("w8a8-int8").packed_bytes((64, 256)) == 64 * 256 + 64 * 4
@@ -123,14 +126,14 @@ def test_image_metric_on_selected_layers(toy):
 
 
 def test_full_methods_measure_the_modules_a_mixed_recipe_contains(toy):
-    from diffpress.compress.ptq import quantize_model
-    from diffpress.compress.sensitivity import LayerVariants
-    from diffpress.recipe import Recipe, Rule, preset
+    from diffpress.compression.ptq import quantize_model
+    from diffpress.presets import preset
+    from diffpress.recipe import Recipe, Rule
 
     model, calibration = toy
     names = ("w4a8-int", "w8a8-int8-learned")
     options = SensitivityOptions(names, image_layers=0, progress=False, methods="full")
-    variants = LayerVariants.build(model, calibration, options)
+    variants = options.variants(model, calibration)
     full = measure_sensitivity(model, calibration, options, variants=variants)
     rtn = measure_sensitivity(model, calibration, SensitivityOptions(names, image_layers=0, progress=False))
     assert full.info["methods"] == "full"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class TimestepBuckets:
@@ -16,10 +18,10 @@ class TimestepBuckets:
     timestep_range: float = 1000.0
 
     def __post_init__(self) -> None:
-        if self.num_buckets < 1:
-            raise ValueError(f"num_buckets must be at least 1, got {self.num_buckets}")
-        if self.timestep_range <= 0:
-            raise ValueError(f"timestep_range must be positive, got {self.timestep_range}")
+        if isinstance(self.num_buckets, bool) or not isinstance(self.num_buckets, int) or self.num_buckets < 1:
+            raise InputError(f"buckets must be an integer >= 1, got {self.num_buckets!r}", "buckets")
+        if not (isinstance(self.timestep_range, (int, float)) and self.timestep_range > 0):
+            raise InputError(f"timestep_range must be positive, got {self.timestep_range!r}", "timestep_range")
 
     def normalize(self, timestep: float) -> float:
         return min(max(timestep / self.timestep_range, 0.0), 1.0)

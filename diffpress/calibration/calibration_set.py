@@ -84,7 +84,14 @@ class CalibrationSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationSet":
-        path = Path(path)
+        """Read a set written by `save`; InputError (naming the `calibration` option) for anything else."""
+        try:
+            return cls._load(Path(path))
+        except InputError as error:
+            raise InputError(str(error), "calibration") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> "CalibrationSet":
         if not path.is_file():
             raise InputError(f"{path}: no such calibration file")
         from ..checkpoint import check_safetensors

@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import DiffpressError, InputError
 from .buckets import TimestepBuckets
 from .calibration_set import CalibrationSet
 from .collector import CalibrationError, Collector, default_timestep_range, find_denoiser
+from .options import CalibrationOptions
 from .strategies import Strategy
 
 
 def _buckets(buckets: int | TimestepBuckets, denoiser, pipe) -> TimestepBuckets:
     if isinstance(buckets, TimestepBuckets):
         return buckets
-    return TimestepBuckets(int(buckets), default_timestep_range(denoiser, pipe))
+    return TimestepBuckets(buckets, default_timestep_range(denoiser, pipe))
 
 
 def _strategy(strategy: str | Strategy) -> Strategy:
@@ -27,7 +30,7 @@ def _strategy(strategy: str | Strategy) -> Strategy:
 
 @contextlib.contextmanager
 def collect(pipe_or_denoiser, buckets: int | TimestepBuckets = 8, strategy: str | Strategy = "uniform",
-            reservoir_size: int = 8, seed: int = 0, spill_dir: str | Path | None = None) -> Iterator[Collector]:
+            reservoir_size: int = 4, seed: int = 0, spill_dir: str | Path | None = None) -> Iterator[Collector]:
     """Record calibration statistics for every denoiser call made inside the block.
 
         with diffpress.calibration.collect(pipe, buckets=8, strategy="uniform") as calib:
@@ -46,37 +49,74 @@ def collect(pipe_or_denoiser, buckets: int | TimestepBuckets = 8, strategy: str 
         yield collector
 
 
-def calibrate(pipe_or_denoiser, prompts_or_labels: Sequence | None = None, num_inference_steps: int = 25,
-              num_samples: int | None = None, seed: int = 0, buckets: int | TimestepBuckets = 8,
-              strategy: str | Strategy = "uniform", reservoir_size: int = 8, batch_size: int = 8,
-              forward_loop: Callable | None = None, progress: bool = True, **pipe_kwargs) -> CalibrationSet:
+def calibrate(pipe_or_denoiser, prompts_or_labels: Sequence | None = None, *,
+              options: CalibrationOptions | None = None, forward_loop: Callable | None = None, progress: bool = True,
+              pipe_kwargs: dict | None = None, **settings) -> CalibrationSet:
     """Run the pipeline on prompts or class labels with seeded generators and collect statistics.
 
-    Sample i uses prompts_or_labels[i % len]; batch j is generated with torch.Generator seeded
-    `seed + j`, so the same arguments give an identical CalibrationSet. For a model that does not
-    come in a pipeline, pass `forward_loop(denoiser)`, which makes the denoiser calls itself.
+    `options` (default CalibrationOptions()) says how much to run and keep; `settings` override its
+    fields by name (num_samples=, steps=, buckets=, reservoir_size=, seed=, strategy=, batch_size=),
+    and `prompts_or_labels` its items. Sample i uses item i % len; batch j is generated with
+    torch.Generator seeded `seed + j`, so the same arguments give an identical CalibrationSet. For a
+    model that does not come in a pipeline, pass `forward_loop(denoiser)`, which makes the denoiser
+    calls itself. `pipe_kwargs` go to every pipeline call.
     """
-    with collect(pipe_or_denoiser, buckets, strategy, reservoir_size, seed) as calib:
+    options = _with_settings(options or CalibrationOptions(), prompts_or_labels, settings)
+    with collect(pipe_or_denoiser, options.buckets, options.strategy, options.reservoir_size, options.seed) as calib:
         if forward_loop is not None:
             forward_loop(find_denoiser(pipe_or_denoiser))
         else:
-            _run_pipeline(pipe_or_denoiser, prompts_or_labels, num_inference_steps, num_samples, seed,
-                          batch_size, progress, pipe_kwargs)
+            _run_pipeline(pipe_or_denoiser, options, progress, pipe_kwargs or {})
     return calib.result
 
 
-def _run_pipeline(pipe, items, steps, num_samples, seed, batch_size, progress, pipe_kwargs) -> None:
+def _with_settings(options: CalibrationOptions, items: Sequence | None, settings: dict) -> CalibrationOptions:
+    known = {f.name for f in fields(CalibrationOptions)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"calibrate() got an unexpected keyword argument {unknown[0]!r}; settings are "
+                        f"CalibrationOptions fields: {', '.join(sorted(known))}")
+    if items is not None:
+        if len(items) == 0:
+            raise CalibrationError("prompts_or_labels is empty: give at least one prompt or class label", "prompts")
+        is_labels = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
+        settings = {**settings, "labels" if is_labels else "prompts": tuple(items),
+                    "prompts" if is_labels else "labels": None}
+    return replace(options, **settings) if settings else options
+
+
+def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs: dict) -> None:
     if isinstance(pipe, torch.nn.Module):
         raise CalibrationError("a bare denoiser needs forward_loop=...: there is no pipeline to drive")
-    if items is None or len(items) == 0:
-        raise CalibrationError("prompts_or_labels is empty: calibration needs at least one prompt or label")
-    total = num_samples or len(items)
-    batches = [list(range(start, min(start + batch_size, total))) for start in range(0, total, batch_size)]
-    with tqdm(total=total, desc="calibrate", unit="sample", disable=not progress) as bar:
+    items = options.items
+    if not items:
+        raise CalibrationError("no prompts or labels to calibrate on: give at least one", "prompts")
+    total = options.num_samples or len(items)
+    size = options.batch_size
+    batches = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
+    # delay: no bar for a run that fails (or finishes) within a second, so an early error stays one line
+    with tqdm(total=total, desc="calibrate", unit="sample", disable=not progress, delay=1.0) as bar:
         for index, batch in enumerate(batches):
             chunk = [items[i % len(items)] for i in batch]
-            _call(pipe, chunk, steps, torch.Generator().manual_seed(seed + index), pipe_kwargs)
+            generator = torch.Generator().manual_seed(options.seed + index)
+            if index == 0:
+                _first_call(pipe, chunk, options, generator, pipe_kwargs)
+            else:
+                _call(pipe, chunk, options.steps, generator, pipe_kwargs)
             bar.update(len(batch))
+
+
+def _first_call(pipe, chunk, options: CalibrationOptions, generator, pipe_kwargs) -> None:
+    """The first pipeline call: a pipeline that rejects the items (a label out of range, a prompt it cannot
+    take) says so as an InputError naming them, not as a traceback."""
+    try:
+        _call(pipe, chunk, options.steps, generator, pipe_kwargs)
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        if isinstance(error, DiffpressError):
+            raise
+        option = "labels" if options.labels is not None else "prompts"
+        raise InputError(f"the pipeline rejected the calibration {option} {list(chunk)[:4]}: "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", option) from error
 
 
 def _call(pipe, chunk, steps, generator, pipe_kwargs) -> None:

@@ -7,13 +7,13 @@ as safetensors shards and only their paths stay in memory.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import InputError
 from .strategies import Strategy, StrategyName, eda_features, eda_select
 
 
@@ -54,8 +54,8 @@ class Reservoir:
     """Per-bucket bounded sample of calls, chosen by a Strategy with a seeded generator."""
 
     def __init__(self, size: int, strategy: Strategy, seed: int, spill_dir: Path | None = None) -> None:
-        if size < 0:
-            raise ValueError(f"reservoir size must be >= 0, got {size}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InputError(f"reservoir_size must be an integer >= 0, got {size!r}", "reservoir_size")
         self.size, self.strategy, self.spill_dir = size, strategy, spill_dir
         self.generator = torch.Generator().manual_seed(seed)
         self.kept: dict[int, list[ReservoirEntry]] = {}
@@ -120,7 +120,3 @@ def _first_tensor(entry: ReservoirEntry) -> torch.Tensor:
         if name in entry.tensors:
             return entry.tensors[name]
     return next(iter(entry.tensors.values()))
-
-
-def entries_metadata(entries: dict[int, list[ReservoirEntry]]) -> str:
-    return json.dumps({str(b): [e.header() for e in es] for b, es in entries.items()})

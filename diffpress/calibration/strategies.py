@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 class StrategyName(str, enum.Enum):
     UNIFORM = "uniform"
@@ -43,9 +45,9 @@ class Strategy:
             object.__setattr__(self, "name", StrategyName(self.name))
         except ValueError:
             allowed = ", ".join(s.value for s in StrategyName)
-            raise ValueError(f"unknown strategy {self.name!r}; allowed: {allowed}") from None
+            raise InputError(f"strategy {self.name!r} is not one of: {allowed}", "strategy") from None
         if self.ndtc_std <= 0:
-            raise ValueError(f"ndtc_std must be positive, got {self.ndtc_std}")
+            raise InputError(f"ndtc_std must be positive, got {self.ndtc_std}", "strategy")
 
     def candidate_probability(self, t_normalized: float) -> float:
         if self.name is StrategyName.NDTC:

@@ -7,18 +7,13 @@ first and the final cast only ever sees representable values.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .dispatch import interpreting  # noqa: F401  (re-exported to the kernel families)
+
 FP8_E4M3_MAX = 448.0
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its numpy interpreter (`TRITON_INTERPRET=1`)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def triton_dtype(dtype: torch.dtype):

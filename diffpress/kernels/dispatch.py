@@ -33,17 +33,35 @@ def parse_backend(value: "Backend | str") -> Backend:
 
 
 def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class KernelFamily(str, enum.Enum):
+    """The Triton kernel families a quantized linear layer can run on (one file each)."""
+
+    W8A8 = "w8a8"  # 8-bit weights x 8-bit activations of the same type
+    W4A8 = "w4a8"  # 4-bit weights unpacked into the 8-bit activation operand
+    WEIGHT_ONLY = "w4a16"  # 4- or 8-bit weights, activations in the model dtype
+
+
+def linear_kernel(weight_format: QuantFormat, act_format: QuantFormat | None) -> KernelFamily | None:
+    """The kernel family that runs a linear layer with these formats, or None when no kernel does."""
+    if act_format is None:
+        return KernelFamily.WEIGHT_ONLY
+    if spec_of(weight_format).bits == 4:
+        return KernelFamily.W4A8
+    if spec_of(weight_format).storage_dtype == spec_of(act_format).storage_dtype:
+        return KernelFamily.W8A8
+    return None
 
 
 def kernel_gap(weight_format: QuantFormat, act_format: QuantFormat | None) -> str | None:
     """Why no Triton kernel covers this (weight, activation) pair, or None when one does."""
-    if act_format is None or spec_of(weight_format).bits == 4:
+    if linear_kernel(weight_format, act_format) is not None:
         return None
-    if spec_of(weight_format).storage_dtype != spec_of(act_format).storage_dtype:
-        return (f"the W8A8 kernel multiplies codes of one type; weight {weight_format.value} with "
-                f"activations {act_format.value} has no Triton kernel")
-    return None
+    return (f"the W8A8 kernel multiplies codes of one type; weight {weight_format.value} with "
+            f"activations {act_format.value} has no Triton kernel")
 
 
 def device_gap(device: torch.device, weight_format: QuantFormat, act_format: QuantFormat | None) -> str | None:

@@ -66,7 +66,7 @@ def config_for(kernel: str, device: torch.device, m: int, n: int, k: int, group:
 
     `tune(config) -> None` launches the kernel with a config; given, unknown shapes are tuned with it.
     """
-    from ._triton_common import interpreting
+    from .dispatch import interpreting
 
     if interpreting() or device.type != "cuda":
         return _fit_group(dict(INTERPRETER), group)

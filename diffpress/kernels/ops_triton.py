@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..formats import QuantFormat, decode, spec_of
+from ..formats import QuantFormat, decode
 from .dequantize import dequantize
+from .dispatch import KernelFamily, kernel_gap, linear_kernel
 from .layout import PackedWeight
 from .quantize_act import quantize_activation
 from .w4a8 import w4a8_linear
@@ -32,14 +33,17 @@ def _smoothed(x: torch.Tensor, smooth: torch.Tensor | None, channel_dim: int) ->
 def linear_2d(x2: torch.Tensor, packed: PackedWeight, bias, act_format, act_scale, out_dtype) -> torch.Tensor:
     """The fused kernel for 2-D x; returns (M, N) of `out_dtype`."""
     k = packed.shape[1]
-    if act_format is None:
+    family = linear_kernel(packed.format, act_format)
+    if family is KernelFamily.WEIGHT_ONLY:
         return weight_only_linear(x2, packed.qdata, packed.scales, bias, packed.format, k, packed.group_size,
                                   out_dtype=out_dtype)
-    if spec_of(packed.format).bits == 4:
+    if family is KernelFamily.W4A8:
         return w4a8_linear(x2, packed.qdata, packed.scales, bias, packed.format, act_format, k, act_scale,
                            packed.group_size, out_dtype=out_dtype)
-    return w8a8_linear(x2, packed.qdata, packed.scales, bias, act_format, act_scale, packed.group_size,
-                       out_dtype=out_dtype)
+    if family is KernelFamily.W8A8:
+        return w8a8_linear(x2, packed.qdata, packed.scales, bias, act_format, act_scale, packed.group_size,
+                           out_dtype=out_dtype)
+    raise ValueError(kernel_gap(packed.format, act_format))
 
 
 def quantized_linear(x, packed, bias, act_format, act_scale, smooth, low_rank) -> torch.Tensor:

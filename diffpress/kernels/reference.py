@@ -89,33 +89,47 @@ def quantized_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor |
                      low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """y = Q(x / smooth) @ dequant(W).T + bias [+ ((x / smooth) @ down.T) @ up.T]; float32 math, cast to x.dtype."""
     x_smooth, x_quantized = prepare_activation(x, act_format, act_scale, smooth)
+    return linear_with_weight(x_quantized, x_smooth, dequantize_weight(packed), bias, low_rank).to(x.dtype)
+
+
+def linear_with_weight(x_quantized: torch.Tensor, x_smooth: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None, low_rank: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """The float32 linear of a quantized layer given its (N, K) weight as floats (dequantized, or soft-rounded
+    during reconstruction): the main matmul on the quantized input plus the low-rank branch on the smoothed one."""
     bias32 = bias.float() if bias is not None else None
-    y = torch.nn.functional.linear(x_quantized, dequantize_weight(packed), bias32)
+    y = torch.nn.functional.linear(x_quantized, weight, bias32)
     if low_rank is not None:
         down, up = low_rank
         y = y + torch.nn.functional.linear(torch.nn.functional.linear(x_smooth, down.float()), up.float())
-    return y.to(x.dtype)
+    return y
 
 
 def quantized_conv2d(x: torch.Tensor, packed: PackedWeight, kernel_shape: tuple[int, ...], bias: torch.Tensor | None,
                      conv: dict, act_format: QuantFormat | None, act_scale: torch.Tensor | None = None,
                      smooth: torch.Tensor | None = None,
                      low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   act_split: int | None = None) -> torch.Tensor:
+                     act_split: int | None = None) -> torch.Tensor:
     """Conv2d with a packed weight: dequantize, then float32 conv (compressed storage, float compute).
 
     `conv` holds stride/padding/dilation/groups. The low-rank branch is a (rank, C/groups, kh, kw)
     conv followed by a 1x1 conv to the output channels. act_split: see `prepare_activation`.
     """
     x_smooth, x_quantized = prepare_activation(x, act_format, act_scale, smooth, channel_dim=1, act_split=act_split)
-    weight = dequantize_weight(packed).reshape(kernel_shape)
+    weight = dequantize_weight(packed)
+    return conv2d_with_weight(x_quantized, x_smooth, weight, kernel_shape, bias, conv, low_rank).to(x.dtype)
+
+
+def conv2d_with_weight(x_quantized: torch.Tensor, x_smooth: torch.Tensor, weight: torch.Tensor,
+                       kernel_shape: tuple[int, ...], bias: torch.Tensor | None, conv: dict,
+                       low_rank: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """`linear_with_weight` for a conv: `weight` is the flattened (N, C/groups*kh*kw) float weight."""
     bias32 = bias.float() if bias is not None else None
-    y = torch.nn.functional.conv2d(x_quantized, weight, bias32, **conv)
+    y = torch.nn.functional.conv2d(x_quantized, weight.reshape(kernel_shape), bias32, **conv)
     if low_rank is not None:
         down, up = low_rank
         hidden = torch.nn.functional.conv2d(x_smooth, down.float().reshape(-1, *kernel_shape[1:]), None, **conv)
         y = y + torch.nn.functional.conv2d(hidden, up.float()[:, :, None, None])
-    return y.to(x.dtype)
+    return y
 
 
 def int_matmul_exact(a_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor:

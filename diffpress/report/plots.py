@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import math
 
-from ..compress.sensitivity import SensitivityReport
+from ..compression.sensitivity.report import SensitivityReport
 
 
 def _pyplot():

@@ -9,8 +9,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compress.allocate import Allocation, Budget, allocate, choices_from_report, curve_allocations
-from ..compress.sensitivity import SensitivityReport, candidate
+from ..compression.allocate import Allocation, allocate, choices_from_report, curve_allocations
+from ..compression.sensitivity.report import SensitivityReport
+from ..plan import Budget, Plan
+from ..presets import candidate
 from ..recipe import Recipe, Rule
 from . import plots
 
@@ -32,18 +34,22 @@ class ReportData:
     images: dict[str, bytes]
 
 
-def write_report(report: SensitivityReport, out: str | Path, avg_bits: float = 5.0, top_k: int = 5) -> Path:
-    """Write DIR/report.json, report.html, report.md, recipe.yaml (the allocation) and the PNGs."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(report: SensitivityReport, out: str | Path, avg_bits: float = 5.0, top_k: int = 5,
+                 overwrite: bool = True) -> Path:
+    """Write DIR/report.json, report.html, report.md, recipe.yaml (the allocation) and the PNGs, atomically
+    (into a hidden sibling directory renamed into place; an existing DIR is replaced only with overwrite)."""
+    from ..io import atomic_directory
+
     data = build(report, avg_bits, top_k)
-    for name, png in data.images.items():
-        (out / f"{name}.png").write_bytes(png)
-    (out / "report.json").write_text(json.dumps(to_json(data), indent=1) + "\n")
-    (out / "report.html").write_text(to_html(data))
-    (out / "report.md").write_text(to_markdown(data))
-    if data.allocation_recipe:
-        (out / "recipe.yaml").write_text(data.allocation_recipe)
+    out = Path(out)
+    with atomic_directory(out, overwrite or (out.is_dir() and not any(out.iterdir()))) as staging:
+        for name, png in data.images.items():
+            (staging / f"{name}.png").write_bytes(png)
+        (staging / "report.json").write_text(json.dumps(to_json(data), indent=1) + "\n")
+        (staging / "report.html").write_text(to_html(data))
+        (staging / "report.md").write_text(to_markdown(data))
+        if data.allocation_recipe:
+            (staging / "recipe.yaml").write_text(data.allocation_recipe)
     return out
 
 
@@ -59,7 +65,7 @@ def build(report: SensitivityReport, avg_bits: float, top_k: int) -> ReportData:
     if curve:
         images["size_curve"] = plots.size_curve(curve)
     return ReportData(report, focus, ranking, allocation, note, curve, top_k_recipe(report, ranking, focus, top_k),
-                      allocation.to_recipe().to_yaml() if allocation else None, images)
+                      Plan(allocation.to_recipe()).to_yaml() if allocation else None, images)
 
 
 def _allocation(report: SensitivityReport, avg_bits: float) -> tuple[Allocation | None, str]:
@@ -74,23 +80,14 @@ def _allocation(report: SensitivityReport, avg_bits: float) -> tuple[Allocation 
 def predicted_curve(report: SensitivityReport) -> list[dict]:
     """Mixed allocations at CURVE_BITS and each uniform candidate: average bits vs predicted SNR (the
     summed relative error of the chosen formats, in dB)."""
-    return [curve_point(kind, allocation) for kind, allocation in
+    return [allocation.curve_point(kind) for kind, allocation in
             curve_allocations(choices_from_report(report), report.candidates)]
-
-
-def curve_point(kind: str, allocation: Allocation) -> dict:
-    return {"kind": kind, "avg_bits": round(allocation.avg_bits, 4), "bytes": allocation.total_bytes,
-            "predicted_sqnr_db": round(_db(allocation.objective), 3)}
-
-
-def _db(error: float) -> float:
-    return -10 * math.log10(error) if error > 0 else 200.0
 
 
 def top_k_recipe(report: SensitivityReport, ranking: list[str], focus: str, top_k: int) -> str:
     """YAML: the focus candidate everywhere, the top-k most sensitive layers kept in high precision."""
     rules = tuple(Rule(fqn, None) for fqn in ranking[:top_k])
-    return Recipe(candidate(focus).spec, rules).to_yaml()
+    return Plan(Recipe(candidate(focus).full, rules)).to_yaml()
 
 
 # ------------------------------------------------------------------------------------------- JSON

@@ -11,6 +11,8 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
 from torch import nn
 
+from ..errors import InputError
+
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES
@@ -73,9 +75,11 @@ class DigitsPipeline(DiffusionPipeline):
                  progress: bool = False) -> torch.Tensor:
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 0:
-            raise ValueError("class_labels is empty; pass at least one label in 0..9")
+            raise InputError(f"class_labels is empty; pass at least one label in 0..{NUM_CLASSES - 1}", "labels")
         if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-            raise ValueError(f"class labels must be in 0..{NUM_CLASSES - 1}, got {labels.tolist()}")
+            bad = next(v for v in labels.tolist() if not 0 <= v < NUM_CLASSES)
+            raise InputError(f"class label {bad} is out of range; this model's labels are 0..{NUM_CLASSES - 1}",
+                             "labels")
         shape = (labels.numel(), 1, IMAGE_SIZE, IMAGE_SIZE)
         dtype = next(self.unet.parameters()).dtype
         sample = noise.to(dtype) if noise is not None else torch.randn(shape, generator=generator).to(dtype)

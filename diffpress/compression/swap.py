@@ -14,8 +14,9 @@ from typing import Callable, Iterable
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..recipe import QuantSpec, Recipe
-from .modules import QuantConv2d, QuantLinear
+from .surgery import compressed_module, compressible_layers, replace_module, unsupported_reason
 
 DEFAULT_SKIP: tuple[tuple[str, str], ...] = (
     (r"(^|\.)(time_embedding|time_embed|time_proj|timestep_embedder|time_text_embed|text_embedder|"
@@ -32,13 +33,6 @@ class QuantizationReport:
 
     quantized: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-def quantizable_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    """(fqn, module) of every float nn.Linear / nn.Conv2d, in module order."""
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, (QuantLinear, QuantConv2d)):
-            yield name, module
 
 
 def skip_reason(fqn: str, skip: Iterable[tuple[str, str] | str]) -> str | None:
@@ -62,23 +56,24 @@ def quantize_(model: nn.Module, spec: QuantSpec | Recipe | Callable[[str], Quant
         skip = DEFAULT_SKIP if not isinstance(spec, Recipe) or spec.keep_default_skips else ()
     skip = tuple(skip)
     report = QuantizationReport()
-    layers = list(quantizable_layers(model))
+    layers = list(compressible_layers(model))
     for fqn, module in tqdm(layers, desc="quantize", unit="layer", disable=not progress):
-        layer_spec, reason = plan_of(spec, fqn, skip)
+        layer_spec, reason = plan_of(spec, fqn, skip, module)
         if layer_spec is None:
             report.skipped[fqn] = reason
             continue
         if layer_spec.needs_calibration or layer_spec.low_rank:
-            raise ValueError(f"{fqn}: plan '{layer_spec.describe()}' uses methods quantize_ does not apply; use "
-                             "diffpress.compress.ptq.quantize_model(model, recipe, calibration_set)")
-        set_submodule(model, fqn, quantized_module(module, layer_spec))
+            raise InputError(f"{fqn}: plan '{layer_spec.describe()}' uses methods quantize_ does not apply; use "
+                             "diffpress.compress(...) or diffpress.compression.ptq.quantize_model(model, recipe, "
+                             "calibration_set)", "spec")
+        replace_module(model, fqn, compressed_module(module, layer_spec))
         report.quantized.append(fqn)
     return report
 
 
-def plan_of(spec, fqn: str, skip: tuple) -> tuple[QuantSpec | None, str]:
+def plan_of(spec, fqn: str, skip: tuple, module: nn.Module | None = None) -> tuple[QuantSpec | None, str]:
     """(the layer's plan, or None and why it stays in high precision)."""
-    reason = skip_reason(fqn, skip)
+    reason = skip_reason(fqn, skip) or (unsupported_reason(module) if module is not None else None)
     if reason:
         return None, reason
     if isinstance(spec, Recipe):
@@ -88,14 +83,3 @@ def plan_of(spec, fqn: str, skip: tuple) -> tuple[QuantSpec | None, str]:
         return plan, ("" if plan else why)
     plan = spec(fqn) if callable(spec) else spec
     return plan, ("" if plan else "no plan for this layer")
-
-
-def quantized_module(module: nn.Module, spec: QuantSpec) -> nn.Module:
-    cls = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
-    return cls.from_float(module, spec)
-
-
-def set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent_name, _, child = fqn.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)

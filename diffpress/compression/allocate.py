@@ -20,32 +20,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import DiffpressError, InputError
+from ..plan import MIXED, Budget
+from ..presets import PRESETS, Candidate, SensitivityMethods, candidate
 from ..recipe import Recipe, Rule
-from .sensitivity import Candidate, SensitivityReport, candidate
-
-MIXED_PRESET = "mixed"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Size budget (exactly one of avg_bits / max_bytes) and an optional latency budget.
-
-    avg_bits: parameter-weighted average weight bits (4.0 .. 16.0), scales not counted.
-    max_bytes: total bytes of the allocated layers' stored weights (codes + scales).
-    max_latency: total of the cost table's per-layer latency (same units as the table).
-    """
-
-    avg_bits: float | None = None
-    max_bytes: int | None = None
-    max_latency: float | None = None
-
-    def __post_init__(self) -> None:
-        if (self.avg_bits is None) == (self.max_bytes is None):
-            raise InputError("give exactly one size budget: avg_bits or max_bytes")
-        for name in ("avg_bits", "max_bytes", "max_latency"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise InputError(f"budget {name} must be a positive number, got {value!r}")
+from .sensitivity.report import SensitivityReport, db
 
 
 @dataclass(frozen=True)
@@ -81,15 +59,20 @@ class Allocation:
     counts: dict[str, int] = field(default_factory=dict)
     proven: bool = True  # False: CBC hit its time limit; the choice is the best found, not proven within `gap`
 
-    def to_recipe(self, fast: bool = False) -> Recipe:
+    def to_recipe(self, methods: SensitivityMethods = SensitivityMethods.FULL) -> Recipe:
         """A recipe with one exact-name rule per layer (bf16: `skip`); other layers stay high precision.
 
-        fast: each layer gets its candidate's round-to-nearest variant (what sensitivity measured)
-        instead of the preset's full methods.
+        methods: which plan of each candidate the rule gets (full: the preset's methods; rtn: its
+        round-to-nearest baseline); the one sensitivity measured, so the saved model is what was measured.
         """
-        plan = lambda name: candidate(name).measurement_spec if fast else candidate(name).spec
-        rules = tuple(Rule(fqn, plan(name)) for fqn, name in self.choice.items())
+        rules = tuple(Rule(fqn, candidate(name).spec_for(methods)) for fqn, name in self.choice.items())
         return Recipe(default=None, rules=rules, keep_default_skips=True)
+
+    def curve_point(self, kind: str) -> dict:
+        """One point of a quality-vs-size curve: what it spends and its predicted SNR."""
+        predicted = db(self.objective) if self.objective > 0 else 200.0
+        return {"kind": kind, "avg_bits": round(self.avg_bits, 4), "bytes": self.total_bytes,
+                "predicted_sqnr_db": round(predicted, 3)}
 
     def to_dict(self) -> dict:
         return {"choice": self.choice, "avg_bits": self.avg_bits, "total_bytes": self.total_bytes,
@@ -112,16 +95,16 @@ def load_latency_table(path: str | Path, candidates: Sequence[str] | None = None
     turned into a table by `latency_table_from_kernel_rows` for `candidates`)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such latency table")
+        raise InputError(f"{path}: no such latency table", "latency_table")
     try:
         table = json.loads(path.read_text())
-    except ValueError as error:
-        raise InputError(f"{path}: not JSON ({error})") from None
+    except (ValueError, OSError) as error:
+        raise InputError(f"{path}: not a readable JSON latency table ({error})", "latency_table") from None
     if isinstance(table, dict) and isinstance(table.get("rows"), list):
         return latency_table_from_kernel_rows(table["rows"], candidates or (), source=str(path))
     if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in table.values()):
         raise InputError(f"{path}: expected a JSON object candidate -> non-negative cost per weight element, "
-                         "or a kernel benchmark result with 'rows'")
+                         "or a kernel benchmark result with 'rows'", "latency_table")
     return {str(k): float(v) for k, v in table.items()}
 
 
@@ -139,8 +122,10 @@ def latency_table_from_kernel_rows(rows: Sequence[Mapping], candidates: Sequence
     for row in rows:
         try:
             shape, fmt, ms = tuple(int(v) for v in row["shape"]), str(row["format"]), float(row["ms"])
+            if len(shape) != 3:
+                raise ValueError("shape is not (M, N, K)")
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{source}: a row lacks shape/format/ms: {dict(row)!r}") from None
+            raise InputError(f"{source}: a row lacks shape/format/ms: {row!r}", "latency_table") from None
         per_format = fastest.setdefault(fmt, {})
         per_format[shape] = min(ms, per_format.get(shape, math.inf))
         if row.get("baseline") == "bf16" and row.get("baseline_ms") is not None:
@@ -157,18 +142,17 @@ def latency_table_from_kernel_rows(rows: Sequence[Mapping], candidates: Sequence
             table[name] = per_element(fastest[match[0]])
     missing = [name for name in candidates if name not in table]
     if missing:
-        raise InputError(f"{source}: no kernel timings for candidate {missing[0]!r}; it has: {', '.join(fastest)}")
+        raise InputError(f"{source}: no kernel timings for candidate {missing[0]!r}; it has: {', '.join(fastest)}",
+                         "latency_table")
     return table
 
 
 def _same_kernel(kernel_format: str, name: str) -> bool:
-    from ..recipe import PRESETS
-
     if kernel_format == name:
         return True
-    if kernel_format not in PRESETS or candidate(name).spec is None:
+    if kernel_format not in PRESETS or candidate(name).high_precision:
         return False
-    a, b = PRESETS[kernel_format][0], candidate(name).spec
+    a, b = PRESETS[kernel_format].spec, candidate(name).full
     return (a.weight_format, a.granularity, a.group_size, a.act_format) == \
         (b.weight_format, b.granularity, b.group_size, b.act_format)
 
@@ -184,7 +168,8 @@ def choices_from_report(report: SensitivityReport, candidates: Sequence[str] | N
     if latency_table is not None:
         absent = [n for n in names if n not in latency_table]
         if absent:
-            raise InputError(f"latency table has no entry for {absent[0]!r}; it has: {', '.join(latency_table)}")
+            raise InputError(f"latency table has no entry for {absent[0]!r}; it has: {', '.join(latency_table)}",
+                             "latency_table")
     result = []
     for layer in report.layers:
         options = tuple(_option(report, layer, name, latency_table) for name in names)
@@ -262,6 +247,16 @@ def allocate(layers: Sequence[LayerChoices], budget: Budget, time_limit: float =
     allocation = _allocation(layers, picked, budget, seconds)
     allocation.proven = problem.sol_status == pulp.LpSolutionOptimal
     return allocation
+
+
+def allocate_report(report: SensitivityReport, budget: Budget, candidates: Sequence[str] | None = None,
+                    latency_table: str | Path | Mapping[str, float] | None = None,
+                    weights: Mapping[str, float] | None = None) -> Allocation:
+    """One candidate per layer of `report` under `budget`; latency_table: a file (see `load_latency_table`)
+    or a mapping candidate -> cost per weight element."""
+    names = candidates or report.candidates
+    table = load_latency_table(latency_table, names) if isinstance(latency_table, (str, Path)) else latency_table
+    return allocate(choices_from_report(report, candidates, table, weights), budget)
 
 
 def without_dominated(layer: LayerChoices) -> LayerChoices:
@@ -359,7 +354,7 @@ def curve_allocations(layers: Sequence[LayerChoices], candidates: Sequence[str],
             continue
     for budget in bits:
         try:
-            points.append((MIXED_PRESET, allocate(layers, Budget(avg_bits=budget))))
+            points.append((MIXED, allocate(layers, Budget(avg_bits=budget))))
         except DiffpressError:
             continue
     return points

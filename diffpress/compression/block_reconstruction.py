@@ -23,11 +23,13 @@ from torch.utils._pytree import tree_flatten, tree_map
 from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
+from ..errors import InputError
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
 from ..recipe import QuantSpec
 from .layer_inputs import replay
 from .rounding import RoundingVariables, beta_schedule
+from .surgery import swapped
 
 
 @dataclass
@@ -70,17 +72,12 @@ class _SoftQuantized(nn.Module):
                                                              channel_dim=1 if is_conv else -1, act_split=p.act_split)
         x_quantized = x_smooth + (x_quantized - x_smooth).detach()  # straight-through activation rounding
         weight = self.rounding.soft_weight()
-        bias = module.bias.float() if module.bias is not None else None
         if is_conv:
             conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
-            y = nn.functional.conv2d(x_quantized, weight.reshape(module.weight.shape), bias, **conv)
-            if p.low_rank is not None:
-                down = p.low_rank[0].float().reshape(-1, *module.weight.shape[1:])
-                y = y + nn.functional.conv2d(nn.functional.conv2d(x_smooth, down, None, **conv), p.low_rank[1].float()[:, :, None, None])
+            y = reference.conv2d_with_weight(x_quantized, x_smooth, weight, tuple(module.weight.shape), module.bias,
+                                             conv, p.low_rank)
         else:
-            y = nn.functional.linear(x_quantized, weight, bias)
-            if p.low_rank is not None:
-                y = y + nn.functional.linear(nn.functional.linear(x_smooth, p.low_rank[0].float()), p.low_rank[1].float())
+            y = reference.linear_with_weight(x_quantized, x_smooth, weight, module.bias, p.low_rank)
         return y.to(x.dtype)
 
 
@@ -101,7 +98,8 @@ def reconstruct_blocks(denoiser: nn.Module, calibration: CalibrationSet, prepare
 def _reservoir_calls(calibration: CalibrationSet, max_calls: int) -> list[dict]:
     entries = calibration.entries()
     if not entries:
-        raise ValueError("block reconstruction replays calibration calls, but the reservoir is empty")
+        raise InputError("block reconstruction replays calibration calls, but the calibration set's reservoir is "
+                         "empty (calibrate with reservoir_size >= 1)", "calibration")
     stride = max(1, len(entries) // max_calls)  # spread over the buckets, not the first few
     return [entry.call_kwargs() for entry in entries[::stride][:max_calls]]
 
@@ -128,17 +126,13 @@ def _fit_block(block: nn.Module, prepared: dict[str, PreparedLayer], block_name:
                iterations: int, regularization: float, learning_rate: float, seed: int) -> dict[str, PackedWeight]:
     relative = {name: name[len(block_name) + 1:] for name in prepared}
     soft = {name: _SoftQuantized(layer) for name, layer in prepared.items()}
-    originals = {name: block.get_submodule(relative[name]) for name in prepared}
     frozen = {parameter: parameter.requires_grad for parameter in block.parameters()}  # only V is trained
     for parameter in frozen:
         parameter.requires_grad_(False)
-    for name, module in soft.items():
-        _set_child(block, relative[name], module)
     try:
-        _optimize(block, list(soft.values()), recorded, iterations, regularization, learning_rate, seed)
+        with swapped(block, {relative[name]: module for name, module in soft.items()}):
+            _optimize(block, list(soft.values()), recorded, iterations, regularization, learning_rate, seed)
     finally:
-        for name, module in originals.items():
-            _set_child(block, relative[name], module)
         for parameter, requires_grad in frozen.items():
             parameter.requires_grad_(requires_grad)
     return {name: module.rounding.packed() for name, module in soft.items()}
@@ -160,8 +154,3 @@ def _optimize(block, soft_layers, recorded, iterations, regularization, learning
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-
-
-def _set_child(root: nn.Module, relative_name: str, module: nn.Module) -> None:
-    parent_name, _, child = relative_name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)

@@ -8,6 +8,7 @@ that ships an evaluation classifier (the built-in models do).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +29,14 @@ class EvalSettings:
     batch_size: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, minimum in (("num_samples", 1), ("steps", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
+        if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)
+                and self.guidance_scale >= 0):
+            raise InputError(f"guidance_scale must be a finite number >= 0 (1: no guidance), got "
+                             f"{self.guidance_scale!r}", "guidance_scale")
 
 
 @dataclass
@@ -59,6 +65,12 @@ class EvalResult:
         return {"reference": self.reference.to_dict(),
                 "compressed": self.compressed.to_dict() if self.compressed else None}
 
+    def save_grid(self, path: str | Path) -> Path:
+        """PNG beside the samples: top row reference, bottom row compressed, same seeds column by column."""
+        if self.compressed_images is None:
+            raise InputError("no compressed samples to compare: evaluate with a compressed model", "grid")
+        return save_grid(self.reference_images, self.compressed_images, Path(path))
+
 
 def load_reference_pipeline(model: str | Path):
     """The uncompressed pipeline and the directory it came from (which holds the eval kit)."""
@@ -77,10 +89,11 @@ def evaluate(model: str | Path, compressed: str | Path | None = None,
     """Compare the compressed pipeline (if given) with MODEL on identical seeds and noise."""
     from . import io
 
+    candidate = io.load(compressed) if compressed is not None else None  # a bad directory fails before sampling
     reference = sample_reference(model, settings, progress)
-    if compressed is None:
+    if candidate is None:
         return EvalResult(reference.metrics, None, reference.images, None)
-    return evaluate_pipeline(reference, io.load(compressed), progress)
+    return evaluate_pipeline(reference, candidate, progress)
 
 
 @dataclass
@@ -148,16 +161,8 @@ def _side(reference_images, images, labels, classifier, real_features, pipe, sec
         ssim=metrics.ssim(to_unit(reference_images), to_unit(images)) if fidelity else None,
         classifier_accuracy=accuracy,
         frechet_distance=metrics.frechet_distance(mean, cov, real_features["mean"], real_features["cov"]),
-        size_bytes=sum(stored_bytes(t) for t in pipe.unet.state_dict().values()),
+        size_bytes=metrics.state_bytes(pipe.unet),
         seconds=seconds)
-
-
-def stored_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor holds; for a wrapper tensor subclass (a quantized weight), the sum over its inner tensors."""
-    if hasattr(tensor, "__tensor_flatten__"):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(stored_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
 
 
 def save_grid(reference_images: torch.Tensor, compressed_images: torch.Tensor, path: Path,

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
+from ..errors import InputError
 
 
 @dataclass
@@ -38,7 +39,8 @@ def capture_layer_inputs(denoiser: nn.Module, calibration: CalibrationSet, layer
     """Replay every reservoir call and collect up to `max_rows` input rows for each named layer."""
     entries = calibration.entries()
     if not entries:
-        raise ValueError("the calibration set has no reservoir entries to replay (reservoir_size was 0)")
+        raise InputError("the calibration set has no reservoir entries to replay (it was calibrated with "
+                         "reservoir_size 0)", "calibration")
     generator = torch.Generator().manual_seed(seed)
     per_call = max(1, max_rows // len(entries))
     collected: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
+from ..errors import InputError
 from ..formats import spec_of
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
@@ -25,11 +26,11 @@ from .block_reconstruction import PreparedLayer, reconstruct_blocks
 from .input_sources import find_concat_splits, find_constant_first_tokens
 from .layer_inputs import LayerInputs, capture_layer_inputs
 from .low_rank import split_low_rank
-from .modules import QuantConv2d, QuantLinear
-from .quantize import choose_scales, quantize_weight
+from .quantize import quantize_weight
 from .rounding import learn_rounding
 from .smoothing import DEFAULT_ALPHAS, smoothed_weight, smoothing_factors, supports_smoothing, weight_channel_absmax
-from .swap import DEFAULT_SKIP, QuantizationReport, plan_of, quantizable_layers, set_submodule
+from .surgery import compressed_module, compressible_layers, replace_module
+from .swap import DEFAULT_SKIP, QuantizationReport, plan_of
 from .timesteps import attach_tracker
 
 
@@ -56,8 +57,8 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     """
     skip = DEFAULT_SKIP if recipe.keep_default_skips else ()
     report, plans = QuantizationReport(), {}
-    for fqn, module in quantizable_layers(denoiser):
-        plan, reason = plan_of(recipe, fqn, skip)
+    for fqn, module in compressible_layers(denoiser):
+        plan, reason = plan_of(recipe, fqn, skip, module)
         if plan is None:
             report.skipped[fqn] = reason
         elif ready and fqn in ready:
@@ -67,9 +68,10 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
             plans[fqn] = (module, _usable_plan(plan, module))
     needing = {fqn for fqn, (_, plan) in plans.items() if plan.needs_calibration}
     if needing and calibration is None:
-        raise ValueError(f"{len(needing)} layers use calibration-driven methods (e.g. {sorted(needing)[0]}); "
-                         "pass a CalibrationSet")
+        raise InputError(f"{len(needing)} layers use calibration-driven methods (e.g. {sorted(needing)[0]}); "
+                         "pass a CalibrationSet", "calibration")
     wanted = _needs_inputs(plans)
+    _check_calibration(calibration, plans, wanted)
     inputs = capture_layer_inputs(denoiser, calibration, wanted, progress=progress) if wanted else {}
     splits, first_tokens = _input_sources(denoiser, calibration, plans)
     contexts = {fqn: LayerContext(fqn, module, plan, calibration, inputs.get(fqn), splits.get(fqn), first_tokens.get(fqn))
@@ -82,19 +84,38 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     for fqn, context in tqdm(contexts.items(), desc="quantize", unit="layer", disable=not progress):
         quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding_iterations)
         quantized.fqn, quantized.timestep_tracker = fqn, tracker
-        set_submodule(denoiser, fqn, quantized)
+        replace_module(denoiser, fqn, quantized)
         report.quantized.append(fqn)
     return report
 
 
+def _check_calibration(calibration: CalibrationSet | None, plans, wanted: set[str]) -> None:
+    """Before any work: the calibration set has statistics for every layer whose methods read them, and
+    reservoir calls to replay when methods replay them."""
+    if calibration is None:
+        return
+    reading = sorted(fqn for fqn, (_, plan) in plans.items() if plan.smoothing is not None or plan.act_mode is ActMode.STATIC)
+    recorded = set(calibration.layers)
+    missing = [fqn for fqn in reading if fqn not in recorded]
+    if missing:
+        raise InputError(f"the calibration set has no statistics for layer {missing[0]!r} ({len(missing)} layers "
+                         "missing): it was recorded on another model", "calibration")
+    replaying = wanted or any(plan.split_shortcuts or plan.bos_aware for _, plan in plans.values())
+    if replaying and not calibration.entries():
+        example = sorted(wanted)[0] if wanted else next(iter(plans))
+        raise InputError(f"the calibration set's reservoir is empty (it was calibrated with reservoir_size 0), but "
+                         f"this recipe's methods replay calibration calls (e.g. for {example}); calibrate with "
+                         "reservoir_size >= 1", "calibration")
+
+
 def _put_ready(denoiser: nn.Module, fqn: str, quantized: nn.Module, plan: QuantSpec, calibration) -> None:
     if getattr(quantized, "spec", None) != _usable_plan(plan, denoiser.get_submodule(fqn)):
-        raise ValueError(f"{fqn}: the ready module was quantized with {getattr(quantized, 'spec', None)}, "
-                         f"not the recipe's plan {plan}")
+        raise InputError(f"{fqn}: the ready module was quantized with {getattr(quantized, 'spec', None)}, "
+                         f"not the recipe's plan {plan}", "ready")
     quantized.fqn = fqn
     quantized.timestep_tracker = attach_tracker(denoiser, calibration.buckets) if plan.act_mode is ActMode.STATIC \
         else None
-    set_submodule(denoiser, fqn, quantized)
+    replace_module(denoiser, fqn, quantized)
 
 
 def _usable_plan(plan: QuantSpec, module: nn.Module) -> QuantSpec:
@@ -117,7 +138,8 @@ def _input_sources(denoiser: nn.Module, calibration: CalibrationSet | None, plan
         return {}, {}
     calls = [entry.call_kwargs() for entry in calibration.entries()]
     if not calls:
-        raise ValueError("split_shortcuts and bos_aware replay calibration calls, but the reservoir is empty")
+        raise InputError("split_shortcuts and bos_aware replay calibration calls, but the calibration set's "
+                         "reservoir is empty (calibrate with reservoir_size >= 1)", "calibration")
     splits = find_concat_splits(denoiser, calls[0]) if splitting else {}
     first_tokens = find_constant_first_tokens(denoiser, calls, bos) if bos else {}
     return {fqn: split for fqn, split in splits.items() if fqn in splitting}, first_tokens
@@ -150,7 +172,7 @@ def finish_layer(context: LayerContext, prepared: PreparedLayer, block_packed: P
     """Rounding (unless block reconstruction already chose the codes), then the quantized module."""
     spec, module, factors, low_rank = context.spec, context.module, prepared.factors, prepared.low_rank
     packed = block_packed if block_packed is not None else _rounded(context, prepared, rounding_iterations)
-    quantized = (QuantLinear if isinstance(module, nn.Linear) else QuantConv2d).from_packed(module, spec, packed)
+    quantized = compressed_module(module, spec, packed)
     quantized.act_split = context.act_split
     quantized.set_optional("smooth", factors)
     if context.first_token is not None:

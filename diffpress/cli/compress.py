@@ -1,0 +1,48 @@
+"""`diffpress compress`: compress a model's denoiser with a preset, a recipe or a mixed-precision budget."""
+from __future__ import annotations
+
+from ..api import PRESETS, compress, evaluate
+from . import options
+from .output import grid_beside, print_compression, print_eval
+
+
+def preset_lines() -> str:
+    named = "\n".join(f"  {name:<18} {p.description}" for name, p in PRESETS.items() if p.baseline_of is None)
+    return (named + "\n  NAME-rtn           round-to-nearest baseline of each preset (absmax scales, no method)"
+            "\n  mixed              per-layer formats chosen by integer program from measured sensitivity"
+            "\n                     (needs --avg-bits or --max-bytes)")
+
+
+def register(subparsers) -> None:
+    parser = options.add_command(
+        subparsers, "compress", "compress a diffusers model or pipeline and save it",
+        "Quantize the denoiser (UNet or transformer) of MODEL with a preset, a recipe or a mixed-precision "
+        "budget, and save a diffusers-format directory that diffpress.load() reads back. Calibrates first when "
+        "the plan's methods need data.",
+        ("diffpress compress builtin:digits --preset w4a16-int4 --out out/digits-int4 --eval",
+         "diffpress compress ./my-sd15-pipeline --preset w8a16-int8 --out ./sd15-int8",
+         "diffpress compress ./transformer --preset w4a16-int4 --out ./transformer-int4 --overwrite",
+         "diffpress compress builtin:digits --preset w4a8-int --calib-labels 3 7 --calib-samples 16 --out out/w4a8",
+         "diffpress compress builtin:digits --preset mixed --avg-bits 5 --out out/digits-mixed5",
+         "diffpress compress ./unet --preset mixed --avg-bits 5 --calibration calib.safetensors --image-layers 0 "
+         "--out out/m5"),
+        "presets:\n" + preset_lines())
+    options.add_model(parser)
+    options.add_plan(parser, mixed=True)
+    options.add_output(parser, "DIR", "output directory (written atomically)", "replace DIR if it exists")
+    options.add_quiet(parser)
+    parser.add_argument("--eval", action="store_true",
+                        help="after saving, run 'diffpress eval' on the result with default settings "
+                             "(models that ship an evaluation classifier, such as builtin:digits)")
+    options.add_calibration(parser, "calibration (used only when the plan's methods need data)")
+    options.add_budget(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    result = compress(args.model, options.plan_of(args), args.out, calibration=options.calibration_source(args),
+                      overwrite=args.overwrite, progress=not args.quiet)
+    print_compression(result, f"preset {args.preset}" if args.preset else f"recipe {args.recipe}")
+    if args.eval:
+        print_eval(evaluate(args.model, result.out, progress=not args.quiet), grid_beside(result.out))
+    return 0

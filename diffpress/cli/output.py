@@ -1,0 +1,46 @@
+"""How the commands print results: sizes, the compression summary, the eval table."""
+from __future__ import annotations
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1000
+    return str(count)
+
+
+def print_compression(result, plan_label: str) -> None:
+    if result.allocation is not None:
+        a = result.allocation
+        print(f"allocation: {a.avg_bits:.3f} average weight bits, {a.total_bytes} bytes of codes + scales; "
+              + ", ".join(f"{name}: {count} layers" for name, count in sorted(a.counts.items())))
+    print(f"{result.model_class}: {plan_label}: quantized {len(result.report.quantized)} layers, "
+          f"skipped {len(result.report.skipped)}")
+    for fqn, reason in result.report.skipped.items():
+        print(f"  kept in high precision: {fqn:<50} ({reason})")
+    ratio = result.bytes_before / max(result.bytes_after, 1)
+    print(f"weights: {format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)} ({ratio:.2f}x smaller)")
+    print(f"saved {result.out} in {result.seconds:.1f} s")
+
+
+def print_eval(result, grid) -> None:
+    reference, compressed = result.reference, result.compressed
+    cell = lambda side, key, fmt: "-" if side is None or getattr(side, key) is None else fmt(getattr(side, key))
+    rows = [("PSNR vs reference", "psnr_db", lambda v: f"{v:.2f} dB"), ("SSIM vs reference", "ssim", lambda v: f"{v:.4f}"),
+            ("classifier accuracy", "classifier_accuracy", lambda v: f"{100 * v:.1f}%"),
+            ("Frechet distance", "frechet_distance", lambda v: f"{v:.3f}"),
+            ("weight bytes", "size_bytes", format_bytes), ("sampling seconds", "seconds", lambda v: f"{v:.1f}")]
+    print(f"{'':<22}{'reference':>14}{'compressed':>14}")
+    for label, key, fmt in rows:
+        print(f"{label:<22}{cell(reference, key, fmt):>14}{cell(compressed, key, fmt):>14}")
+    if grid is not None and compressed is not None:
+        print(f"grid (top: reference, bottom: compressed): {result.save_grid(grid)}")
+
+
+def grid_beside(compressed) -> "Path":
+    """Where the side-by-side grid goes by default: beside the compressed directory, never inside it."""
+    from pathlib import Path
+
+    compressed = Path(compressed).expanduser().resolve()
+    return compressed.parent / f"{compressed.name}-grid.png"
