@@ -17,7 +17,7 @@ import torch
 
 from . import checkpoint as checkpoints
 from . import metrics
-from .errors import InputError
+from .errors import InputError, require_int
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,7 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         for name, minimum in (("num_samples", 1), ("steps", 1), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
+            require_int(getattr(self, name), name, minimum)
         if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)
                 and self.guidance_scale >= 0):
             raise InputError(f"guidance_scale must be a finite number >= 0 (1: no guidance), got "

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .errors import InputError, NotYetSupportedError
+from .errors import InputError, NotYetSupportedError, require_int
 from .presets import DEFAULT_MIXED_CANDIDATES, PRESETS, SensitivityMethods, candidate, preset_recipe
 from .recipe import RECIPE_KEYS, Recipe
 
@@ -129,12 +129,6 @@ def parse_methods(value) -> SensitivityMethods:
     except ValueError:
         allowed = ", ".join(m.value for m in SensitivityMethods)
         raise InputError(f"methods {value!r} is not one of: {allowed}", "methods") from None
-
-
-def require_int(value, name: str, minimum: int) -> None:
-    """InputError naming `name` unless value is an int >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ class CalibrationSet:
     def merge(self, other: "CalibrationSet") -> "CalibrationSet":
         """Combine two runs (e.g. two processes): stats merged, timesteps and reservoirs concatenated."""
         if other.buckets != self.buckets:
-            raise ValueError(f"cannot merge calibration sets with different buckets: {self.buckets} vs {other.buckets}")
+            raise InputError(f"cannot merge calibration sets with different buckets: {self.buckets} vs {other.buckets}",
+                             "calibration")
         stats = dict(self.stats)
         for key, value in other.stats.items():
             stats[key] = stats[key].merge(value) if key in stats else value

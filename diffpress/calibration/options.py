@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..errors import InputError
+from ..errors import InputError, require_int
 from .strategies import Strategy, StrategyName
-
-
-def _require_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
 
 
 @dataclass(frozen=True)
@@ -42,9 +37,9 @@ class CalibrationOptions:
             raise InputError("give prompts or labels, not both", "prompts")
         self._check_items()
         if self.num_samples is not None:
-            _require_int(self.num_samples, "num_samples", 1)
+            require_int(self.num_samples, "num_samples", 1)
         for name, minimum in (("steps", 1), ("buckets", 1), ("reservoir_size", 0), ("seed", 0), ("batch_size", 1)):
-            _require_int(getattr(self, name), name, minimum)
+            require_int(getattr(self, name), name, minimum)
         if isinstance(self.strategy, Strategy):
             return
         try:

@@ -44,6 +44,22 @@ class _QuantWeightMixin:
         for name in OPTIONAL_BUFFERS:
             self.register_buffer(name, None)
 
+    @classmethod
+    def from_float(cls, module: nn.Module, spec: QuantSpec):
+        """Quantize `module` (an nn.Linear or nn.Conv2d) with `spec`, nearest rounding."""
+        flat = module.weight.detach().reshape(module.weight.shape[0], -1)
+        packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
+        return cls.from_packed(module, spec, packed)
+
+    @classmethod
+    def from_packed(cls, module: nn.Module, spec: QuantSpec, packed: PackedWeight):
+        """A quantized module holding `packed` (quantized elsewhere, the flattened (N, K) weight) and `module`'s bias."""
+        quantized = cls.empty_like(module, spec)
+        quantized.set_packed(packed)
+        if module.bias is not None:
+            quantized.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+        return quantized
+
     def set_packed(self, packed: PackedWeight) -> None:
         self.qdata, self.scales = packed.qdata, packed.scales
 
@@ -94,22 +110,6 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, spec: QuantSpec) -> "QuantLinear":
-        """Quantize `linear` with `spec` (nearest rounding)."""
-        packed = quantize_weight(linear.weight.detach(), spec.weight_format, spec.granularity, spec.group_size,
-                                 spec.scale_method)
-        return cls.from_packed(linear, spec, packed)
-
-    @classmethod
-    def from_packed(cls, linear: nn.Linear, spec: QuantSpec, packed: PackedWeight) -> "QuantLinear":
-        """A QuantLinear holding `packed` (quantized elsewhere) and `linear`'s bias."""
-        module = cls.empty_like(linear, spec)
-        module.set_packed(packed)
-        if linear.bias is not None:
-            module.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        return module
-
-    @classmethod
     def empty_like(cls, linear: nn.Linear, spec: QuantSpec) -> "QuantLinear":
         """A shell with meta tensors of the right shapes, for load_state_dict(assign=True)."""
         return cls(linear.in_features, linear.out_features, linear.bias is not None, spec,
@@ -148,23 +148,8 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         self.bias = nn.Parameter(torch.empty_like(bias, device="meta"), requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec) -> "QuantConv2d":
-        """Quantize `conv` with `spec` (nearest rounding)."""
-        flat = conv.weight.detach().reshape(conv.weight.shape[0], -1)
-        packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
-        return cls.from_packed(conv, spec, packed)
-
-    @classmethod
-    def from_packed(cls, conv: nn.Conv2d, spec: QuantSpec, packed: PackedWeight) -> "QuantConv2d":
-        """A QuantConv2d holding `packed` (quantized elsewhere, flattened (N, K)) and `conv`'s bias."""
-        module = cls(conv, spec)
-        module.set_packed(packed)
-        if conv.bias is not None:
-            module.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        return module
-
-    @classmethod
     def empty_like(cls, conv: nn.Conv2d, spec: QuantSpec) -> "QuantConv2d":
+        """A shell with meta tensors of the right shapes, for load_state_dict(assign=True)."""
         return cls(conv, spec)
 
     @property

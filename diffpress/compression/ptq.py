@@ -55,21 +55,7 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     ready: layers already quantized with exactly their recipe plan (e.g. by a sensitivity run with
     full methods), put in place as they are instead of being quantized again.
     """
-    skip = DEFAULT_SKIP if recipe.keep_default_skips else ()
-    report, plans = QuantizationReport(), {}
-    for fqn, module in compressible_layers(denoiser):
-        plan, reason = plan_of(recipe, fqn, skip, module)
-        if plan is None:
-            report.skipped[fqn] = reason
-        elif ready and fqn in ready:
-            _put_ready(denoiser, fqn, ready[fqn], plan, calibration)
-            report.quantized.append(fqn)
-        else:
-            plans[fqn] = (module, _usable_plan(plan, module))
-    needing = {fqn for fqn, (_, plan) in plans.items() if plan.needs_calibration}
-    if needing and calibration is None:
-        raise InputError(f"{len(needing)} layers use calibration-driven methods (e.g. {sorted(needing)[0]}); "
-                         "pass a CalibrationSet", "calibration")
+    report, plans = _plans(denoiser, recipe, calibration, ready or {})
     wanted = _needs_inputs(plans)
     _check_calibration(calibration, plans, wanted)
     inputs = capture_layer_inputs(denoiser, calibration, wanted, progress=progress) if wanted else {}
@@ -89,9 +75,30 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     return report
 
 
+def _plans(denoiser: nn.Module, recipe: Recipe, calibration: CalibrationSet | None,
+           ready: Mapping[str, nn.Module]) -> tuple[QuantizationReport, dict]:
+    """The report so far (skipped layers, ready modules put in place) and fqn -> (module, plan) of the rest."""
+    skip = DEFAULT_SKIP if recipe.keep_default_skips else ()
+    report, plans = QuantizationReport(), {}
+    for fqn, module in compressible_layers(denoiser):
+        plan, reason = plan_of(recipe, fqn, skip, module)
+        if plan is None:
+            report.skipped[fqn] = reason
+        elif fqn in ready:
+            _put_ready(denoiser, fqn, ready[fqn], plan, calibration)
+            report.quantized.append(fqn)
+        else:
+            plans[fqn] = (module, _usable_plan(plan, module))
+    return report, plans
+
+
 def _check_calibration(calibration: CalibrationSet | None, plans, wanted: set[str]) -> None:
-    """Before any work: the calibration set has statistics for every layer whose methods read them, and
-    reservoir calls to replay when methods replay them."""
+    """Before any work: a calibration set when methods need one, with statistics for every layer whose
+    methods read them, and reservoir calls to replay when methods replay them."""
+    needing = sorted(fqn for fqn, (_, plan) in plans.items() if plan.needs_calibration)
+    if needing and calibration is None:
+        raise InputError(f"{len(needing)} layers use calibration-driven methods (e.g. {needing[0]}); "
+                         "pass a CalibrationSet", "calibration")
     if calibration is None:
         return
     reading = sorted(fqn for fqn, (_, plan) in plans.items() if plan.smoothing is not None or plan.act_mode is ActMode.STATIC)

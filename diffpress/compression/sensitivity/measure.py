@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ...calibration import CalibrationSet
-from ...errors import InputError
-from ...plan import parse_methods, require_int
+from ...errors import InputError, require_int
+from ...plan import parse_methods
 from ...presets import DEFAULT_SENSITIVITY_CANDIDATES, SensitivityMethods, candidate
 from ..swap import DEFAULT_SKIP
 from .image_metric import ImageProbe, image_sensitivity
