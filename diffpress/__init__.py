@@ -3,10 +3,16 @@
 The public API is imported lazily so that `import diffpress` stays light (no torch, no diffusers,
 no triton). Every name below is documented in the README's "Python API" table; no subpackage or
 module shares a name with an export (a test checks both), so `diffpress.compress` is always the verb.
+
+`import diffpress` also registers post-import hooks (`diffpress._hooks`): when diffusers (or peft)
+loads, the diffpress quantizer backend (and LoRA dispatch) is added to it, so that plain
+`DiffusionPipeline.from_pretrained(dir)` reads diffpress output. Nothing heavy is imported until then.
 """
 from __future__ import annotations
 
 import importlib
+
+from . import _hooks
 
 __version__ = "0.1.0"
 
@@ -41,6 +47,8 @@ _EXPORTS = {
     # errors
     "DiffpressError": "diffpress.errors",
     "InputError": "diffpress.errors",
+    # diffusers
+    "DiffpressConfig": "diffpress.integrations.diffusers_backend",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -58,3 +66,14 @@ def __getattr__(name: str):
             if error.name != f"diffpress.{name}":
                 raise
     raise AttributeError(f"module 'diffpress' has no attribute {name!r}")
+
+
+def _register_integrations() -> None:
+    from . import integrations
+
+    _hooks.when_imported("diffusers.quantizers.auto", integrations.on_diffusers_quantizers)
+    _hooks.when_imported("diffusers.models.modeling_utils", integrations.on_modeling_utils)
+    _hooks.when_imported("peft.tuners.lora.model", integrations.on_peft_lora_model)
+
+
+_register_integrations()

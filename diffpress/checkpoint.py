@@ -19,6 +19,9 @@ from .errors import InputError
 DENOISER_COMPONENTS = ("transformer", "unet")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_SAFETENSORS_STORAGE_DTYPES = {**_SAFETENSORS_DTYPES, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+                               "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+                               "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def resolve(model: str | Path) -> Checkpoint:
         raise InputError(f"{root}: expected a diffusers model or pipeline directory "
                          "(config.json or model_index.json inside), got a file")
     if (root / "model_index.json").is_file():
-        checkpoint = Checkpoint(root, True, _denoiser_component(root))
+        checkpoint = Checkpoint(root, True, denoiser_component(root))
         for component in _pipeline_components(root):
             validate_weights(root / component, required=component == checkpoint.denoiser_component)
     elif (root / "config.json").is_file():
@@ -77,7 +80,8 @@ def _pipeline_components(root: Path) -> list[str]:
             if not name.startswith("_") and isinstance(value, list) and value[0] is not None and (root / name).is_dir()]
 
 
-def _denoiser_component(root: Path) -> str:
+def denoiser_component(root: Path) -> str:
+    """The `unet` or `transformer` component of a pipeline directory."""
     index = read_json(root / "model_index.json")
     for name in DENOISER_COMPONENTS:
         if isinstance(index.get(name), list) and index[name][0] is not None:
@@ -129,6 +133,19 @@ def check_safetensors(path: Path) -> dict:
     if end > data_size:
         raise InputError(f"{path}: truncated safetensors file (tensors need {end} bytes, file has {data_size})")
     return header
+
+
+def tensor_info(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of every tensor in a safetensors file, from its header alone."""
+    info = {}
+    for name, entry in check_safetensors(path).items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_STORAGE_DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise InputError(f"{path}: tensor {name!r} has dtype {entry.get('dtype')!r}, which diffpress does not read")
+        info[name] = (tuple(entry["shape"]), dtype)
+    return info
 
 
 def weights_dtype(model_dir: Path) -> torch.dtype | None:

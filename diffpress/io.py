@@ -27,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, load_pipeline, read_json
-from .compression.modules import OPTIONAL_BUFFERS, set_backends
+from .compression.modules import OPTIONAL_BUFFERS, QUANTIZATION_BUFFERS, set_backends
 from .compression.surgery import compressed_layers, kind_of, replace_module, replacement_by_kind
 from .errors import InputError, IntegrityError, OutputExistsError
 from .recipe import QuantSpec
@@ -98,20 +98,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_manifest(root: Path, denoiser_component: str | None) -> None:
+def write_manifest(root: Path, denoiser_component: str | None = None) -> None:
+    """diffpress_manifest.json at `root`: the sha256 of every file below it."""
     files = {p.relative_to(root).as_posix(): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer_version": __version__,
                 "denoiser_component": denoiser_component, "sha256": files}
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def verify_manifest(root: Path) -> dict:
-    """Check every file listed in the manifest against its sha256; return the manifest."""
+def verify_manifest(root: Path, only: str | None = None) -> dict:
+    """Check every file listed in the manifest (or, with `only`, those below that subdirectory) against its
+    sha256; return the manifest."""
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise IntegrityError(f"{root}: no {MANIFEST_NAME}; not a diffpress-compressed model")
     manifest = read_json(path)
     for name, expected in manifest.get("sha256", {}).items():
+        if only is not None and not name.startswith(only + "/"):
+            continue
         file = root / name
         if not file.is_file():
             raise IntegrityError(f"{file}: listed in {MANIFEST_NAME} but missing")
@@ -192,7 +196,7 @@ def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, ov
         write_model(model, staging / component if component else staging, extra)
         for name, text in (attachments or {}).items():
             (staging / name).write_text(text)
-        _write_manifest(staging, component)
+        write_manifest(staging, component)
     return out
 
 
@@ -207,28 +211,48 @@ def _copy_pipeline_except(source: Path, target: Path, component: str) -> None:
 
 # ---------------------------------------------------------------- load
 
-def load(path: str | Path, backend: str = "auto", device: str | torch.device | None = None, **pipeline_kwargs):
+def load(path: str | Path, backend: str = "auto", device: str | torch.device | None = None,
+         torch_dtype: torch.dtype | None = None, **pipeline_kwargs):
     """Load a compressed model directory (returns the model) or pipeline directory (returns the pipeline).
 
     Checksums are verified first; the model is built on the meta device and the stored tensors are
-    assigned, so forward outputs are bit-identical to the model that was saved. `device` moves the
-    model there; then each quantized layer's `backend` (auto | triton | reference) is resolved once
-    for its device: auto takes triton on a CUDA GPU that can run it, reference otherwise; triton
-    where it cannot run raises DiffpressError with the reason. After moving a model later, call
-    `diffpress.compression.modules.set_backends(model, backend)` to resolve again.
+    assigned, so forward outputs are bit-identical to the model that was saved. `torch_dtype`: the
+    dtype of the float tensors (default: as saved, non-persistent buffers included), as diffusers'
+    `from_pretrained(torch_dtype=)` gives it; quantization buffers keep theirs. `device` moves the model there; then each quantized
+    layer's `backend` (auto | triton | reference) is resolved for its device: auto takes triton on a
+    CUDA GPU that can run it, reference otherwise; triton where it cannot run raises DiffpressError
+    with the reason. Moving the model later (`.to(...)`) resolves the backends again.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise InputError(f"{root}: no such directory")
-    manifest = verify_manifest(root)
-    component = manifest.get("denoiser_component")
+        raise InputError(f"{root}: no such directory", "compressed")
+    component = _verified_denoiser_component(root)
     if not component:
-        return load_model(root, backend, device)
-    return load_pipeline(root, **{component: load_model(root / component, backend, device)}, **pipeline_kwargs)
+        return load_model(root, backend, device, torch_dtype)
+    denoiser = load_model(root / component, backend, device, torch_dtype)
+    if torch_dtype is not None:
+        pipeline_kwargs["torch_dtype"] = torch_dtype
+    return load_pipeline(root, **{component: denoiser}, **pipeline_kwargs)
 
 
-def load_model(directory: Path, backend: str = "auto", device: str | torch.device | None = None) -> nn.Module:
-    """Rebuild one compressed denoiser from `directory` (config.json + safetensors); see `load` for backend."""
+def _verified_denoiser_component(root: Path) -> str | None:
+    """Verify the checksums and say which component is the denoiser (None: `root` is a bare model).
+
+    diffpress writes one manifest at the root of what it saves; a pipeline saved by diffusers'
+    save_pretrained holds one in its denoiser's directory instead (the model saves its own).
+    """
+    if (root / MANIFEST_NAME).is_file() or not (root / "model_index.json").is_file():
+        return verify_manifest(root).get("denoiser_component")
+    from .checkpoint import denoiser_component
+
+    component = denoiser_component(root)
+    verify_manifest(root / component)
+    return component
+
+
+def load_model(directory: Path, backend: str = "auto", device: str | torch.device | None = None,
+               torch_dtype: torch.dtype | None = None) -> nn.Module:
+    """Rebuild one compressed denoiser from `directory` (config.json + safetensors); see `load`."""
     import diffusers
 
     config = read_json(directory / CONFIG_NAME)
@@ -241,37 +265,68 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
     cls = getattr(diffusers, config.get("_class_name", ""), None)
     if cls is None:
         raise InputError(f"{directory}: unknown diffusers class {config.get('_class_name')!r}")
-    with torch.device("meta"):
+    dtype = torch_dtype or getattr(torch, qconfig.get("torch_dtype", "float32"))
+    with torch.device("meta"), _default_dtype(dtype):  # buffers built as diffusers builds them for this dtype
         model = cls.from_config(config)
     check_safetensors(directory / WEIGHTS_NAME)
     state = load_file(directory / WEIGHTS_NAME)
-    _install_shells(model, qconfig["layers"], directory, state)
+    install_shells(model, qconfig["layers"], {k: (tuple(t.shape), t.dtype) for k, t in state.items()}, directory)
+    if torch_dtype is not None:
+        state = _cast_float_tensors(state, torch_dtype, exact=_quantization_buffer_names(qconfig["layers"]))
     _assign_state_dict(model, state, directory)
-    _attach_timestep_tracker(model, qconfig.get("timestep_buckets"))
-    _materialize_leftover_buffers(model, cls, config)
-    _cast_non_persistent_buffers(model, getattr(torch, qconfig.get("torch_dtype", "float32")))
+    attach_timestep_tracker(model, qconfig.get("timestep_buckets"))
+    with _default_dtype(dtype):
+        _materialize_leftover_buffers(model, cls, config)
+    if torch_dtype is None:
+        cast_non_persistent_buffers(model, dtype)
     if device is not None:
         model.to(device)
     return set_backends(model.eval(), backend)
 
 
-def _install_shells(model: nn.Module, layers: dict[str, dict], directory: Path,
-                    state: dict[str, torch.Tensor]) -> None:
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point and dtype.itemsize >= 2 else previous)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _quantization_buffer_names(layers: dict) -> set[str]:
+    return {f"{fqn}.{name}" for fqn in layers for name in QUANTIZATION_BUFFERS}
+
+
+def _cast_float_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype, exact: set[str]) -> dict:
+    """Float tensors to `dtype`, except the quantization buffers (`exact`), which keep theirs."""
+    return {name: t.to(dtype) if t.is_floating_point() and name not in exact else t for name, t in state.items()}
+
+
+def install_shells(model: nn.Module, layers: dict[str, dict], stored: dict[str, tuple[tuple, torch.dtype]],
+                   directory: Path) -> None:
+    """Put an empty compressed module (meta tensors) at every layer the plan names, with placeholders for
+    the optional buffers the checkpoint holds (`stored`: tensor name -> (shape, dtype)), so that loading
+    by name finds every key."""
     for fqn, entry in layers.items():
         entry = dict(entry)
-        kind = entry.pop("module")
+        kind = entry.pop("module", None)
         entry.pop("layout", None)
         act_split = entry.pop("act_split", None)
         try:
             float_module = model.get_submodule(fqn)
         except AttributeError:
             raise IntegrityError(f"{directory}: quantization_config names layer {fqn!r}, which the model lacks") from None
-        shell = replacement_by_kind(kind).compressed_class.empty_like(float_module, QuantSpec.from_dict(entry))
+        try:
+            spec = QuantSpec.from_dict(entry)
+        except (InputError, TypeError) as error:
+            raise IntegrityError(f"{directory}: quantization_config layer {fqn!r}: {error}") from None
+        shell = replacement_by_kind(kind).compressed_class.empty_like(float_module, spec)
         shell.fqn, shell.act_split = fqn, act_split
-        for name in OPTIONAL_BUFFERS:  # placeholders so that assign-loading finds the keys
-            stored = state.get(f"{fqn}.{name}")
-            if stored is not None:
-                shell.set_optional(name, torch.empty(stored.shape, dtype=stored.dtype, device="meta"))
+        for name in OPTIONAL_BUFFERS:
+            if f"{fqn}.{name}" in stored:
+                shape, dtype = stored[f"{fqn}.{name}"]
+                shell.set_optional(name, torch.empty(shape, dtype=dtype, device="meta"))
         replace_module(model, fqn, shell)
 
 
@@ -291,7 +346,8 @@ def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directo
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def _attach_timestep_tracker(model: nn.Module, buckets: dict | None) -> None:
+def attach_timestep_tracker(model: nn.Module, buckets: dict | None) -> None:
+    """Layers with static activation scales index them by the current timestep bucket: install the tracker."""
     static = [m for _, m in compressed_layers(model) if m.act_scales is not None]
     if not static:
         return
@@ -305,8 +361,9 @@ def _attach_timestep_tracker(model: nn.Module, buckets: dict | None) -> None:
         module.timestep_tracker = tracker
 
 
-def _cast_non_persistent_buffers(model: nn.Module, dtype: torch.dtype) -> None:
-    """Buffers the file does not hold are rebuilt in float32; give them the saved model's dtype."""
+def cast_non_persistent_buffers(model: nn.Module, dtype: torch.dtype) -> None:
+    """The model as it was saved: float buffers the file does not hold (built in float32 by some models) in the
+    saved dtype, as they were when it was saved."""
     for module in model.modules():
         for name in module._non_persistent_buffers_set:
             buffer = getattr(module, name)

@@ -23,6 +23,9 @@ from ..recipe import ActMode, QuantSpec
 from .quantize import quantize_weight
 
 OPTIONAL_BUFFERS = ("smooth", "lora_down", "lora_up", "act_scales", "bos_out")
+# What defines the quantization: moved between devices, never cast to another dtype (a dtype cast of
+# the model changes the compute dtype: biases, the low-rank branch and the BOS output follow it).
+QUANTIZATION_BUFFERS = ("qdata", "scales", "smooth", "act_scales")
 
 
 class _QuantWeightMixin:
@@ -35,7 +38,9 @@ class _QuantWeightMixin:
         self.spec, self.weight_shape = spec, shape
         self.fqn = ""
         self.timestep_tracker = None
-        self.backend = Backend.REFERENCE.value  # resolved per layer at load: see set_backend
+        self.requested_backend = Backend.AUTO
+        self.backend: str | None = Backend.REFERENCE.value  # resolved for the layer's device: see set_backend
+        self.backend_error = ""
         self.act_split: int | None = None
         self.register_buffer("qdata", torch.empty(qdata_shape(spec.weight_format, shape),
                                                   dtype=qdata_dtype(spec.weight_format), device=device))
@@ -70,6 +75,11 @@ class _QuantWeightMixin:
         setattr(self, name, tensor.contiguous() if tensor is not None else None)
 
     @property
+    def qweight(self) -> torch.Tensor:
+        """The packed codes, under the name peft looks for to find a quantized layer's device (LoRA adapters)."""
+        return self.qdata
+
+    @property
     def packed(self) -> PackedWeight:
         s = self.spec
         return PackedWeight(self.qdata, self.scales, s.weight_format, s.granularity, s.group_size, self.weight_shape)
@@ -87,15 +97,48 @@ class _QuantWeightMixin:
         return self.act_scales[self.timestep_tracker.current_bucket(self.fqn)]
 
     def set_backend(self, requested: Backend | str) -> None:
-        """Resolve `auto | triton | reference` for this layer's device and formats (raises if triton cannot run)."""
-        self.backend = resolve_backend(requested, self.qdata.device, self.spec.weight_format, self.spec.act_format,
-                                       self.fqn).value
+        """Resolve `auto | triton | reference` for this layer's device and formats (raises if triton cannot run);
+        the request is kept and resolved again whenever the layer moves to another device."""
+        self.requested_backend = parse_backend(requested)
+        self.backend = resolve_backend(self.requested_backend, self.qdata.device, self.spec.weight_format,
+                                       self.spec.act_format, self.fqn).value
+
+    def _apply(self, fn, recurse: bool = True):
+        """`.to()`, `.cuda()`, `.half()`...: quantization buffers move with the module but keep their dtype; then
+        the backend is resolved for the new device. A backend that cannot run there is reported when the layer
+        is called, so that moving a model never stops half-way."""
+        exact = {name: self._buffers[name] for name in QUANTIZATION_BUFFERS if self._buffers.get(name) is not None}
+        for name in exact:
+            self._buffers[name] = None
+        try:
+            result = super()._apply(fn, recurse)
+        finally:
+            for name, tensor in exact.items():
+                self._buffers[name] = _moved_like(tensor, fn)
+        self._resolve_after_move()
+        return result
+
+    def _resolve_after_move(self) -> None:
+        from ..errors import DiffpressError
+
+        if self.qdata.is_meta:
+            return
+        try:
+            self.set_backend(self.requested_backend)
+        except DiffpressError as error:
+            self.backend, self.backend_error = None, str(error)
 
     def _op_args(self) -> tuple:
         """The tensors and plain values every diffpress custom op takes after x."""
         s = self.spec
         return (self.qdata, self.scales, self.bias, self.smooth, self.lora_down, self.lora_up, self._act_scale(),
                 s.weight_format.value, s.granularity.value, s.group_size or 0)
+
+    def _resolved_backend(self) -> str:
+        if self.backend is None:
+            from ..errors import DiffpressError
+            raise DiffpressError(self.backend_error)
+        return self.backend
 
     def _spec_repr(self) -> str:
         return f"{self.spec.describe()}, backend={self.backend}"
@@ -117,7 +160,8 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.spec.act_format.value if self.spec.act_format else ""
-        y = torch.ops.diffpress.quantized_linear(x, *self._op_args(), self.weight_shape[1], act, self.backend)
+        y = torch.ops.diffpress.quantized_linear(x, *self._op_args(), self.weight_shape[1], act,
+                                                 self._resolved_backend())
         return self._with_bos_output(y)
 
     def _with_bos_output(self, y: torch.Tensor) -> torch.Tensor:
@@ -162,11 +206,19 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         padding_name = self.padding if isinstance(self.padding, str) else ""
         return torch.ops.diffpress.quantized_conv2d(x, *self._op_args(), list(self.kernel_shape), list(self.stride),
                                                     list(padding), padding_name, list(self.dilation), self.groups,
-                                                    act, self.act_split or 0, self.backend)
+                                                    act, self.act_split or 0, self._resolved_backend())
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, {self._spec_repr()}")
+
+
+def _moved_like(tensor: torch.Tensor, fn) -> torch.Tensor:
+    """`tensor` on the device `fn` would put a tensor of its device on, in its own dtype."""
+    device = fn(torch.empty(0, device=tensor.device)).device
+    if tensor.is_meta and device.type != "meta":
+        return torch.empty_like(tensor, device=device)
+    return tensor.to(device)
 
 
 def set_backends(model: nn.Module, backend: Backend | str = Backend.AUTO) -> nn.Module:
