@@ -1,20 +1,21 @@
-"""Mixed precision (sensitivity + integer program) vs uniform presets on builtin:digits (CPU).
+"""Mixed precision (sensitivity + integer program) vs uniform presets on a built-in model (CPU).
 
-    python bench/mixed_precision.py [--num-samples 200]
-        # bench/results/mixed-precision-digits.json, mixed-precision-digits.png and
-        # mixed-precision-digits-sensitivity.json
+    python bench/mixed_precision.py [--model builtin:digits] [--num-samples 200]
+        # bench/results/mixed-precision-NAME.json, mixed-precision-NAME.png and
+        # mixed-precision-NAME-sensitivity.json (NAME: digits, digits-flux)
 
 What `diffpress compress --preset mixed` does, step by step, with every number kept:
-- one calibration set (32 samples x 25 DDIM steps, 8 buckets, 4 calls kept per bucket, seed 0);
+- one calibration set (32 samples x the model's sampler steps (25 for digits, 20 for digits-flux), 8 buckets,
+  4 calls kept per bucket, seed 0, on the model's own labels or prompts);
 - each candidate (w4a8-int, w8a8-int8-learned) quantizes a copy of the UNet with its full preset
   (learned rounding, clipping search; smoothing for w4a8-int), giving one module per (layer, candidate);
 - sensitivity of every quantizable layer (the default skip list excluded) with those modules: output
-  SQNR on 2 reservoir calls per bucket, and the image metric (16 samples x 25 steps) for every layer;
+  SQNR on 2 reservoir calls per bucket, and the image metric (16 samples x the sampler steps) for every layer;
 - allocation by integer program at average weight bits 4, 4.5, 5, 6, 8 (weights 4 or 8 bits,
   8-bit INT activations everywhere), costed by the image metric; one more 5-bit allocation costed by
   the output metric alone, for comparison;
 - each allocation assembled from the measured modules (`quantize_model(..., ready=...)`) and sampled
-  with the eval harness (same labels, seeds and noise as `diffpress eval`).
+  with the eval harness (same labels or prompts, seeds and noise as `diffpress eval`, and its guidance).
 Uniform rows: each candidate, and the w8a8-int8 preset (round-to-nearest INT8, no calibration) that
 the acceptance target names. Weight bytes: qdata + scales of the 72 allocated layers (skip-listed
 layers, biases, norms and method buffers are not counted).
@@ -52,7 +53,7 @@ from diffpress.zoo.digits import load_eval_kit
 CANDIDATES = ("w4a8-int", "w8a8-int8-learned")
 BASELINE = "w8a8-int8"  # the uniform preset the acceptance target compares with
 BUDGETS = (4.0, 4.5, 5.0, 6.0, 8.0)
-IMAGE_SAMPLES, IMAGE_STEPS = 16, 25
+IMAGE_SAMPLES = 16
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -70,10 +71,12 @@ def quantized_weight_bytes(denoiser, layers) -> int:
 class Runner:
     """Assemble + sample each distinct allocation once (uniform w4a8-int == mixed at 4 bits)."""
 
-    def __init__(self, pipe, calibration, settings, variants: LayerVariants) -> None:
-        self.pipe, self.float_unet, self.calibration, self.variants = pipe, pipe.unet, calibration, variants
+    def __init__(self, pipe, calibration, settings, variants: LayerVariants, model_dir) -> None:
+        self.component = "unet" if hasattr(pipe, "unet") else "transformer"
+        self.pipe, self.calibration, self.variants = pipe, calibration, variants
+        self.float_denoiser = getattr(pipe, self.component)
         self.settings = settings
-        self.classifier, self.real = load_eval_kit(BUILTINS["digits"].path)
+        self.classifier, self.real = load_eval_kit(model_dir)
         self.labels, self.noise = _labels_and_noise(settings)
         self.reference_images, seconds = _sample(pipe, self.labels, self.noise, settings, False)
         self.reference = _side(None, self.reference_images, self.labels, self.classifier, self.real, pipe, seconds)
@@ -91,14 +94,15 @@ class Runner:
         return self._run(recipe, None, layers)
 
     def _run(self, recipe: Recipe, ready, layers) -> dict:
-        self.pipe.unet = copy.deepcopy(self.float_unet)
+        quantized = copy.deepcopy(self.float_denoiser)
+        setattr(self.pipe, self.component, quantized)
         started = time.perf_counter()
-        quantize_model(self.pipe.unet, recipe, self.calibration, ready=ready)
+        quantize_model(quantized, recipe, self.calibration, ready=ready)
         quantize_seconds = time.perf_counter() - started
         images, seconds = _sample(self.pipe, self.labels, self.noise, self.settings, False)
         side = _side(self.reference_images, images, self.labels, self.classifier, self.real, self.pipe, seconds)
-        weight_bytes = quantized_weight_bytes(self.pipe.unet, layers)
-        self.pipe.unet = self.float_unet
+        weight_bytes = quantized_weight_bytes(quantized, layers)
+        setattr(self.pipe, self.component, self.float_denoiser)
         return {**side.to_dict(), "quantized_weight_bytes": weight_bytes, "quantize_seconds": round(quantize_seconds, 1)}
 
 
@@ -108,7 +112,7 @@ def row(kind: str, allocation: Allocation, measured: dict) -> dict:
             "solve_seconds": round(allocation.solve_seconds, 3), **measured, "choice": allocation.choice}
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, model: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +126,7 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.plot(r["avg_bits"], r["psnr_db"], "s", markersize=9, label=f"uniform {r['kind']}")
     axis.set_xlabel("average weight bits (parameter-weighted)")
     axis.set_ylabel("PSNR vs float samples (dB)")
-    axis.set_title("builtin:digits: quality vs size (mixed vs uniform)")
+    axis.set_title(f"{model}: quality vs size (mixed vs uniform)")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -132,6 +136,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin:digits", help="a built-in model (builtin:digits, builtin:digits-flux)")
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS),
                         help="average weight bits to allocate at (default 4 4.5 5 6 8)")
@@ -142,20 +147,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    pipe = load_pipeline("builtin:digits")
+    builtin = BUILTINS[args.model.removeprefix("builtin:")]
+    items = list(builtin.calibration_labels or builtin.calibration_prompts)
+    pipe = load_pipeline(args.model)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
     started = time.perf_counter()
-    calibration = calibrate(pipe, list(range(10)), steps=25, num_samples=32, seed=0, buckets=8,
+    calibration = calibrate(pipe, items, steps=builtin.eval_steps, num_samples=32, seed=0, buckets=8,
                             reservoir_size=4, progress=False)
     calibration_seconds = time.perf_counter() - started
     options = SensitivityOptions(CANDIDATES, calls_per_bucket=2, image_layers=None, progress=True, methods="full")
-    variants = options.variants(pipe.unet, calibration)
+    variants = options.variants(denoiser, calibration)
     quantize_seconds = variants.seconds
-    saved = RESULTS / "mixed-precision-digits-sensitivity.json"
+    saved = RESULTS / f"mixed-precision-{builtin.name}-sensitivity.json"
     if args.reuse_sensitivity:
         report = SensitivityReport.load(saved)
     else:
-        probe = pipeline_image_probe(pipe, list(range(10)), IMAGE_SAMPLES, IMAGE_STEPS)
-        report = measure_sensitivity(pipe.unet, calibration, options, probe, variants)
+        probe = pipeline_image_probe(pipe, items, IMAGE_SAMPLES, builtin.eval_steps)
+        report = measure_sensitivity(denoiser, calibration, options, probe, variants)
         report.save(saved)
     print(f"calibration {calibration_seconds:.1f} s, quantize {quantize_seconds:.1f} s, sensitivity "
           f"{report.info['output_seconds'] + report.info['image_seconds']:.1f} s", flush=True)
@@ -165,7 +173,7 @@ def main() -> None:
     deterministic = all(repeat[b] == allocations[b].choice for b in args.budgets)
     output_only = SensitivityReport.from_dict({**report.to_dict(), "image": {}})
     output_allocation = allocate(choices_from_report(output_only, CANDIDATES), Budget(avg_bits=5.0))
-    runner = Runner(pipe, calibration, EvalSettings(num_samples=args.num_samples), variants)
+    runner = Runner(pipe, calibration, EvalSettings.for_model(args.model, args.num_samples), variants, builtin.path)
     rows = []
     for name in CANDIDATES:
         rows.append(row(name, uniform_allocation(layers, name), runner.measure(uniform_allocation(layers, name))))
@@ -180,37 +188,37 @@ def main() -> None:
         _print(rows[-1])
     rows.append(row("mixed-output-metric", output_allocation, runner.measure(output_allocation)))
     _print(rows[-1])
-    write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report)
+    write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report, builtin)
 
 
 def _print(r: dict) -> None:
     print(json.dumps({k: r[k] for k in ("kind", "avg_bits", "psnr_db", "quantized_weight_bytes", "counts")}), flush=True)
 
 
-def write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report) -> None:
+def write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report, builtin) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     budgets = "" if list(args.budgets) == list(BUDGETS) else " --budgets " + " ".join(f"{b:g}" for b in args.budgets)
-    png = RESULTS / "mixed-precision-digits.png"
-    plot(rows, png)
+    png = RESULTS / f"mixed-precision-{builtin.name}.png"
+    plot(rows, png, args.model)
     result = {"device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
               "date": date.today().isoformat(), "commit": commit,
-              "command": f"python bench/mixed_precision.py --num-samples {args.num_samples}" + budgets
+              "command": f"python bench/mixed_precision.py --model {args.model} --num-samples {args.num_samples}" + budgets
                          + (" --reuse-sensitivity" if args.reuse_sensitivity else ""), "threads": args.threads,
-              "model": "builtin:digits", "candidates": list(CANDIDATES), "baseline": BASELINE, "methods": "full",
+              "model": args.model, "candidates": list(CANDIDATES), "baseline": BASELINE, "methods": "full",
               "eval": {"num_samples": runner.settings.num_samples, "steps": runner.settings.steps,
                        "seed": runner.settings.seed},
-              "calibration": {"samples": 32, "steps": 25, "buckets": 8, "reservoir_per_bucket": 4,
+              "calibration": {"samples": 32, "steps": builtin.eval_steps, "buckets": 8, "reservoir_per_bucket": 4,
                               "seconds": round(calibration_seconds, 1)},
               "sensitivity": {"calls_per_bucket": 2, "image_layers": len(report.image),
-                              "image_probe": {"samples": IMAGE_SAMPLES, "steps": IMAGE_STEPS},
+                              "image_probe": {"samples": IMAGE_SAMPLES, "steps": builtin.eval_steps},
                               "quantize_seconds": round(quantize_seconds, 1),
                               "output_seconds": report.info["output_seconds"],
                               "image_seconds": report.info["image_seconds"],
-                              "file": "mixed-precision-digits-sensitivity.json"},
+                              "file": f"mixed-precision-{builtin.name}-sensitivity.json"},
               "bytes_counted": "qdata + scales of the allocated (quantized) layers",
               "allocation_deterministic": deterministic, "reference": runner.reference.to_dict(),
               "curve_png": png.name, "rows": rows}
-    (RESULTS / "mixed-precision-digits.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"mixed-precision-{builtin.name}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Picture quality of each preset on the built-in model (CPU), via the eval harness.
+"""Picture quality of each preset on a built-in model (CPU), via the eval harness.
 
-    python bench/quality.py [--num-samples 500] [--presets w8a16-int8 w4a16-int4 ...]
+    python bench/quality.py [--model builtin:digits] [--num-samples 500] [--presets w8a16-int8 ...]
 
-Writes bench/results/quality-digits.json: for each preset, `diffpress eval builtin:digits
---compressed DIR --num-samples N --steps 25 --seed 0` numbers plus compression seconds.
+Writes bench/results/quality-NAME.json: for each preset, what `diffpress eval MODEL --compressed DIR
+--num-samples N --seed 0` reports (the model's own sampler steps and guidance unless given), the
+compression seconds, and whether the saved directory reloads bit-exactly: the denoiser from
+`diffpress.load`, from plain diffusers `from_pretrained` and from a `save_pretrained` copy give
+identical outputs on a fixed call.
 """
 from __future__ import annotations
 
@@ -18,33 +21,55 @@ from pathlib import Path
 
 import torch
 
-from diffpress.api import compress, evaluate
+from diffpress import io
+from diffpress.api import compress
+from diffpress.checkpoint import pipeline_class
+from diffpress.evaluation import EvalSettings, evaluate_pipeline, sample_reference
 from diffpress.presets import PRESETS
+
+
+def reloads_bit_exactly(directory: Path, pipe, scratch: Path) -> bool:
+    """diffpress.load, diffusers from_pretrained and a save_pretrained copy give the same samples."""
+    other = pipeline_class(directory).from_pretrained(directory)
+    other.save_pretrained(scratch)
+    copy = pipeline_class(scratch).from_pretrained(scratch)
+    labels, noise = torch.tensor([1, 7]), torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    draw = lambda p: p.draw(labels, 3, 1.0, noise)
+    expected = draw(pipe)
+    return torch.equal(draw(other), expected) and torch.equal(draw(copy), expected)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin:digits")
     parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="guidance (default: the model's)")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    rows, reference = [], None
+    settings = EvalSettings.for_model(args.model, args.num_samples, args.steps, 0, args.guidance_scale)
+    reference = sample_reference(args.model, settings)
+    rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for preset in args.presets:
             started = time.perf_counter()
-            out = compress("builtin:digits", preset, Path(scratch) / preset)
+            out = compress(args.model, preset, Path(scratch) / preset).out
             compress_seconds = time.perf_counter() - started
-            result = evaluate("builtin:digits", out.out, num_samples=args.num_samples, steps=args.steps, seed=0)
-            reference = result.reference.to_dict()
-            rows.append({"format": preset, **result.compressed.to_dict(), "compress_seconds": round(compress_seconds, 2)})
+            pipe = io.load(out)
+            result = evaluate_pipeline(reference, pipe)
+            rows.append({"format": preset, **result.compressed.to_dict(), "compress_seconds": round(compress_seconds, 2),
+                         "denoiser_bytes": result.compressed.size_bytes,
+                         "reload_bit_exact": reloads_bit_exactly(out, pipe, Path(scratch) / f"{preset}-copy")})
             print(json.dumps(rows[-1]), flush=True)
+    name = args.model.removeprefix("builtin:")
+    command = f"python bench/quality.py --model {args.model} --num-samples {args.num_samples}" + (
+        f" --presets {' '.join(args.presets)}" if args.presets != list(PRESETS) else "")
     report = {"device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
-              "date": date.today().isoformat(), "commit": commit,
-              "command": f"python bench/quality.py --num-samples {args.num_samples} --steps {args.steps}",
-              "model": "builtin:digits", "seed": 0, "reference": reference, "rows": rows}
-    out = Path(__file__).parent / "results" / "quality-digits.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+              "date": date.today().isoformat(), "commit": commit, "command": command, "model": args.model,
+              "seed": 0, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
+              "reference": reference.metrics.to_dict(), "rows": rows}
+    out = Path(__file__).parent / "results" / f"quality-{name}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
 
 

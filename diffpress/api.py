@@ -1,4 +1,4 @@
-"""The verbs: calibrate, sensitivity, allocate, compress, evaluate, inspect, models, save, load.
+"""The verbs: calibrate, sensitivity, allocate, prune, compress, evaluate, inspect, models, save, load.
 
 Each takes a model (a checkpoint path or builtin:NAME; calibrate and sensitivity also take an
 in-memory pipeline or denoiser) and options, returns a result object and prints nothing. The CLI
@@ -23,13 +23,16 @@ from .metrics import state_bytes
 from .plan import MIXED, Budget, MixedPrecision, Plan, as_plan
 from .presets import PRESETS, SensitivityMethods, candidate
 from .calibration.strategies import StrategyName
-from .stages import image_probe_for, latency_table, measure, mixed_recipe
+from .prune_stage import Cost, LearnOptions, Method, PruneStage, Scope
+from .stages import image_probe_for, latency_table, measure, mixed_recipe, prune_subject
 from .subject import Calibration, Subject
 
 # Types and tables the CLI builds its options from, so that it imports this module only:
-# MIXED, PRESETS, Budget, MixedPrecision, SensitivityMethods, SensitivityOptions, StrategyName, candidate.
+# MIXED, PRESETS, Budget, MixedPrecision, SensitivityMethods, SensitivityOptions, StrategyName, candidate,
+# Cost, LearnOptions, Method, Scope (and PruneStage).
 
-__all__ = ["calibrate", "sensitivity", "allocate", "compress", "evaluate", "inspect", "models", "save", "load"]
+__all__ = ["calibrate", "sensitivity", "allocate", "prune", "compress", "evaluate", "inspect", "prunable_units",
+           "models", "save", "load"]
 
 
 def calibrate(model, prompts_or_labels=None, *, options: CalibrationOptions | None = None, forward_loop=None,
@@ -124,6 +127,58 @@ def allocate(report: SensitivityReport, budget: Budget, candidates=None, latency
 
 
 @dataclass
+class PruneOutcome:
+    """What `prune` did: the result of the stage (groups, kept units, parameters and MACs before and after),
+    the pruned pipeline or denoiser (in memory), and where it was saved (None if not)."""
+
+    result: object  # diffpress.pruning.PruneResult
+    model: object
+    out: Path | None
+
+
+def prune(model, target_params: float | None = None, out: str | Path | None = None, *,
+          target_macs: float | None = None, method: str = "learned", scope: str = "global",
+          steps: int | None = None, guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
+          calibration: Calibration = CalibrationOptions(), seed: int = 0, overwrite: bool = False,
+          progress: bool = False) -> PruneOutcome:
+    """Remove attention heads, feed-forward neurons and ResNet channel groups from MODEL's denoiser.
+
+    Keep `target_params` of the denoiser's parameters, or `target_macs` of its multiply-accumulates per
+    call. method: learned (a gate mask fitted to the float model's sampling trajectory, on
+    calibration.prompts/labels or the built-in's), taylor, activation (both read a calibration set),
+    magnitude or random. steps / guidance_scale: the trajectory the mask is fitted on (default: the
+    model's sampling defaults). out: save a diffusers-format directory there (atomically; it loads
+    with diffpress.load and from_pretrained, and can be quantized with compress).
+    """
+    if (target_params is None) == (target_macs is None):
+        raise InputError("give exactly one of target_params and target_macs", "target_params")
+    stage = PruneStage(target_params if target_params is not None else target_macs,
+                       Cost.PARAMS if target_params is not None else Cost.MACS, method, scope, steps, guidance_scale,
+                       learn if learn is not None else LearnOptions(), seed)
+    subject = Subject.open(model)
+    if out is not None:
+        check_output(Path(out), overwrite, (subject.root,) if subject.root else ())
+    result = prune_subject(subject, stage, calibration, progress)
+    saved = None
+    if out is not None:
+        saved = save(subject.denoiser, out, source=subject.source, overwrite=overwrite,
+                     extra={"pruned": _pruned_info(result)},
+                     attachments={"recipe.yaml": _prune_recipe_yaml(stage)})
+    return PruneOutcome(result, subject._pipeline or subject.denoiser, saved)
+
+
+def _pruned_info(result) -> dict:
+    return {"stage": result.stage.to_dict(), "params_before": result.params_before,
+            "params_after": result.params_after, "macs_before": result.macs_before, "macs_after": result.macs_after}
+
+
+def _prune_recipe_yaml(stage: PruneStage) -> str:
+    import yaml
+
+    return yaml.safe_dump({"prune": [stage.to_dict()]}, sort_keys=False)
+
+
+@dataclass
 class CompressionResult:
     model_class: str
     out: Path
@@ -133,6 +188,7 @@ class CompressionResult:
     bytes_after: int
     seconds: float
     allocation: Allocation | None = None  # for a mixed-precision plan
+    pruned: list = None  # the PruneResult of each prune stage
 
 
 def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibration = CalibrationOptions(),
@@ -150,6 +206,13 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
     plan = as_plan(plan)
     subject = Subject.open(model)
     check_output(Path(out), overwrite, (subject.root,))
+    if plan.prune and not isinstance(calibration, CalibrationOptions):
+        raise InputError("a plan with prune stages calibrates after pruning (the activations change); pass "
+                         "calibration options, not a saved calibration set", "calibration")
+    if plan.prune and subject.has_pipeline:
+        subject.pipeline("pruning")  # load it first: its denoiser is the one pruned and quantized
+    bytes_before = state_bytes(subject.denoiser)
+    pruned = [prune_subject(subject, stage, calibration, progress) for stage in plan.prune]
     recipe, allocation, calibration_set, ready = plan.recipe, None, None, None
     if plan.mixed is not None:
         table = latency_table(plan.mixed)
@@ -160,7 +223,6 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
     elif recipe.needs_calibration:
         calibration_set = subject.calibration_set(calibration, progress)
     denoiser = subject.denoiser
-    bytes_before = state_bytes(denoiser)
     from .compression.ptq import quantize_model
 
     report = quantize_model(denoiser, recipe, calibration_set, progress=progress, ready=ready)
@@ -168,28 +230,29 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
         raise InputError(f"{subject.name}: no layer to quantize (every Linear/Conv2d is on the skip list)", "plan")
     saved = save(denoiser, out, source=subject.source, overwrite=overwrite,
                  extra={"preset": plan.name or ("mixed" if allocation else None), "recipe": recipe.to_dict(),
-                        "skipped": report.skipped},
-                 attachments=_attachments(recipe, allocation))
+                        "skipped": report.skipped, **({"pruned": _pruned_info(pruned[-1])} if pruned else {})},
+                 attachments=_attachments(recipe, allocation, plan.prune))
     return CompressionResult(type(denoiser).__name__, saved, plan, report, bytes_before, state_bytes(denoiser),
-                             time.perf_counter() - started, allocation)
+                             time.perf_counter() - started, allocation, pruned)
 
 
-def _attachments(recipe, allocation: Allocation | None) -> dict[str, str]:
+def _attachments(recipe, allocation: Allocation | None, prune_stages=()) -> dict[str, str]:
     import json
 
-    attachments = {"recipe.yaml": Plan(recipe).to_yaml()}
+    attachments = {"recipe.yaml": Plan(recipe, prune_stages).to_yaml()}
     if allocation is not None:
         attachments["allocation.json"] = json.dumps(allocation.to_dict(), indent=1) + "\n"
     return attachments
 
 
-def evaluate(model: str | Path, compressed: str | Path | None = None, *, num_samples: int = 100, steps: int = 25,
-             seed: int = 0, guidance_scale: float = 1.0, progress: bool = False):
+def evaluate(model: str | Path, compressed: str | Path | None = None, *, num_samples: int = 100,
+             steps: int | None = None, seed: int = 0, guidance_scale: float | None = None, progress: bool = False):
     """MODEL (and a compressed copy) sampled at identical seeds and noise: PSNR/SSIM vs the reference,
-    classifier accuracy, Frechet distance, bytes and seconds (see diffpress.evaluation)."""
+    classifier accuracy, Frechet distance, bytes and seconds (see diffpress.evaluation). steps and
+    guidance_scale default to the built-in model's own (25 and 1 for builtin:digits)."""
     from .evaluation import EvalSettings, evaluate as run_eval
 
-    settings = EvalSettings(num_samples=num_samples, steps=steps, seed=seed, guidance_scale=guidance_scale)
+    settings = EvalSettings.for_model(model, num_samples, steps, seed, guidance_scale)
     return run_eval(model, compressed, settings, progress=progress)
 
 
@@ -229,6 +292,15 @@ def inspect(model: str | Path, plan) -> list[InspectRow]:
         rows.append(InspectRow(fqn, type(module).__name__, decided_by,
                                layer_plan.describe() if layer_plan else "high precision"))
     return rows
+
+
+def prunable_units(model: str | Path) -> list:
+    """The prunable groups of MODEL's denoiser (diffpress.pruning.PruneGroup: name, kind, units, parameters per
+    unit), from its config alone (no weights read)."""
+    from . import checkpoint as checkpoints
+    from .pruning import find_groups
+
+    return find_groups(checkpoints.build_on_meta(checkpoints.resolve(model)))
 
 
 def models() -> list[tuple[str, str]]:

@@ -165,18 +165,30 @@ def load_denoiser(checkpoint: Checkpoint) -> torch.nn.Module:
     cls = _model_class(model_dir)
     try:
         model = cls.from_pretrained(model_dir, use_safetensors=True, torch_dtype=weights_dtype(model_dir),
-                                    local_files_only=True, low_cpu_mem_usage=False)
+                                    local_files_only=True, low_cpu_mem_usage=_saved_by_diffpress(model_dir))
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise InputError(f"{model_dir}: diffusers could not load the model ({str(error).splitlines()[0]})") from None
     return model.eval()
+
+
+def _saved_by_diffpress(directory: Path) -> bool:
+    """A model (or pipeline with a model) whose config has a quantization_config, e.g. a pruned one: diffusers
+    loads it through a quantizer backend, which builds the skeleton on the meta device (low_cpu_mem_usage).
+    Plain models load as they always did."""
+    configs = [directory / "config.json", *directory.glob("*/config.json")]
+    return any("quantization_config" in read_json(path) for path in configs if path.is_file())
 
 
 def build_on_meta(checkpoint: Checkpoint) -> torch.nn.Module:
     """The denoiser's module structure from its config alone (meta tensors, no weights read)."""
     cls = _model_class(checkpoint.denoiser_dir)
     config = read_json(checkpoint.denoiser_dir / "config.json")
+    from .pruning.slicing import apply_structure
+
     with torch.device("meta"):
-        return cls.from_config(config)
+        model = cls.from_config(config)
+        apply_structure(model, (config.get("quantization_config") or {}).get("structure"), str(checkpoint.denoiser_dir))
+    return model
 
 
 def pipeline_class(root: Path) -> type:
@@ -193,6 +205,6 @@ def load_pipeline(model: str | Path, **components):
     root = _builtin_or_path(model)
     try:
         return pipeline_class(root).from_pretrained(root, use_safetensors=True, local_files_only=True,
-                                                    low_cpu_mem_usage=False, **components)
+                                                    low_cpu_mem_usage=_saved_by_diffpress(root), **components)
     except (OSError, ValueError) as error:
         raise InputError(f"{root}: diffusers could not load the pipeline ({str(error).splitlines()[0]})") from None

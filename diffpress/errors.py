@@ -32,7 +32,3 @@ def require_int(value, name: str, minimum: int) -> None:
     """InputError naming `name` unless `value` is an integer (not a bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", name)
-
-
-class NotYetSupportedError(InputError):
-    """A well-formed request for something this version does not do yet (e.g. a recipe's prune stages)."""

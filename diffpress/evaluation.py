@@ -17,16 +17,31 @@ import torch
 
 from . import checkpoint as checkpoints
 from . import metrics
+from .calibration import find_denoiser
 from .errors import InputError, require_int
 
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """How the reference and the compressed model are sampled (`for_model` fills in a built-in's own steps
+    and guidance)."""
+
     num_samples: int = 100
     steps: int = 25
     seed: int = 0
     guidance_scale: float = 1.0
     batch_size: int = 100
+
+    @classmethod
+    def for_model(cls, model, num_samples: int = 100, steps: int | None = None, seed: int = 0,
+                  guidance_scale: float | None = None) -> "EvalSettings":
+        """Settings for MODEL: steps and guidance as given, else the built-in's defaults, else 25 and 1."""
+        from .zoo import BUILTIN_PREFIX, builtin
+
+        known = builtin(model) if isinstance(model, str) and model.startswith(BUILTIN_PREFIX) else None
+        steps = steps if steps is not None else (known.eval_steps if known else cls.steps)
+        guidance = guidance_scale if guidance_scale is not None else (known.eval_guidance if known else cls.guidance_scale)
+        return cls(num_samples=num_samples, steps=steps, seed=seed, guidance_scale=guidance)
 
     def __post_init__(self) -> None:
         for name, minimum in (("num_samples", 1), ("steps", 1), ("batch_size", 1), ("seed", 0)):
@@ -58,6 +73,7 @@ class EvalResult:
     compressed: SideMetrics | None
     reference_images: torch.Tensor
     compressed_images: torch.Tensor | None
+    captions: list[str] | None = None  # what each sample was drawn from (text-to-image models: the prompts)
 
     def to_dict(self) -> dict:
         return {"reference": self.reference.to_dict(),
@@ -67,7 +83,7 @@ class EvalResult:
         """PNG beside the samples: top row reference, bottom row compressed, same seeds column by column."""
         if self.compressed_images is None:
             raise InputError("no compressed samples to compare: evaluate with a compressed model", "grid")
-        return save_grid(self.reference_images, self.compressed_images, Path(path))
+        return save_grid(self.reference_images, self.compressed_images, Path(path), captions=self.captions)
 
 
 def load_reference_pipeline(model: str | Path):
@@ -90,7 +106,7 @@ def evaluate(model: str | Path, compressed: str | Path | None = None,
     candidate = io.load(compressed) if compressed is not None else None  # a bad directory fails before sampling
     reference = sample_reference(model, settings, progress)
     if candidate is None:
-        return EvalResult(reference.metrics, None, reference.images, None)
+        return EvalResult(reference.metrics, None, reference.images, None, reference.captions)
     return evaluate_pipeline(reference, candidate, progress)
 
 
@@ -105,6 +121,7 @@ class ReferenceRun:
     metrics: SideMetrics
     classifier: torch.nn.Module
     real_features: dict
+    captions: list[str] | None = None
 
 
 def sample_reference(model: str | Path, settings: EvalSettings = EvalSettings(),
@@ -117,7 +134,8 @@ def sample_reference(model: str | Path, settings: EvalSettings = EvalSettings(),
     labels, noise = _labels_and_noise(settings)
     images, seconds = _sample(reference_pipe, labels, noise, settings, progress)
     side = _side(None, images, labels, classifier, real_features, reference_pipe, seconds)
-    return ReferenceRun(settings, labels, noise, images, side, classifier, real_features)
+    captions = reference_pipe.prompts_for(labels) if hasattr(reference_pipe, "prompts_for") else None
+    return ReferenceRun(settings, labels, noise, images, side, classifier, real_features, captions)
 
 
 def evaluate_pipeline(reference: ReferenceRun, pipe, progress: bool = False) -> EvalResult:
@@ -125,7 +143,7 @@ def evaluate_pipeline(reference: ReferenceRun, pipe, progress: bool = False) -> 
     images, seconds = _sample(pipe, reference.labels, reference.noise, reference.settings, progress)
     side = _side(reference.images, images, reference.labels, reference.classifier, reference.real_features,
                  pipe, seconds)
-    return EvalResult(reference.metrics, side, reference.images, images)
+    return EvalResult(reference.metrics, side, reference.images, images, reference.captions)
 
 
 def _labels_and_noise(settings: EvalSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,13 +156,13 @@ def _labels_and_noise(settings: EvalSettings) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def _sample(pipe, labels, noise, settings: EvalSettings, progress: bool) -> tuple[torch.Tensor, float]:
-    pipe(labels[:1], 1, settings.guidance_scale, noise=noise[:1])  # warm-up: one-time costs stay out of the timing
+    pipe.draw(labels[:1], 1, settings.guidance_scale, noise[:1])  # warm-up: one-time costs stay out of the timing
     started = time.perf_counter()
     batches = []
     for start in range(0, len(labels), settings.batch_size):
         chunk = slice(start, start + settings.batch_size)
-        batches.append(pipe(labels[chunk], settings.steps, settings.guidance_scale, noise=noise[chunk],
-                            progress=progress))
+        batches.append(pipe.draw(labels[chunk], settings.steps, settings.guidance_scale, noise[chunk], progress,
+                                 first_index=start))
     return torch.cat(batches), time.perf_counter() - started
 
 
@@ -159,13 +177,14 @@ def _side(reference_images, images, labels, classifier, real_features, pipe, sec
         ssim=metrics.ssim(to_unit(reference_images), to_unit(images)) if fidelity else None,
         classifier_accuracy=accuracy,
         frechet_distance=metrics.frechet_distance(mean, cov, real_features["mean"], real_features["cov"]),
-        size_bytes=metrics.state_bytes(pipe.unet),
+        size_bytes=metrics.state_bytes(find_denoiser(pipe)),
         seconds=seconds)
 
 
 def save_grid(reference_images: torch.Tensor, compressed_images: torch.Tensor, path: Path,
-              columns: int = 20, zoom: int = 4) -> Path:
-    """PNG: top row reference, bottom row compressed, same seeds column by column."""
+              columns: int = 20, zoom: int = 4, captions: list[str] | None = None) -> Path:
+    """PNG: top row reference, bottom row compressed, same seeds column by column; with `captions`,
+    a numbered legend below (column i: what sample i was drawn from)."""
     from PIL import Image
 
     count = min(columns, len(reference_images))
@@ -175,7 +194,24 @@ def save_grid(reference_images: torch.Tensor, compressed_images: torch.Tensor, p
     grid = pixels.permute(0, 2, 1, 3).reshape(2 * pixels.shape[2], count * pixels.shape[3])
     image = Image.fromarray((grid * 255).round().byte().numpy(), mode="L")
     image = image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
+    if captions:
+        image = _with_legend(image, captions[:count])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def _with_legend(image, captions: list[str], line_height: int = 14):
+    """The grid with two columns of 'i: caption' lines under it (columns numbered from 1, left to right)."""
+    from PIL import Image, ImageDraw
+
+    rows = (len(captions) + 1) // 2
+    canvas = Image.new("L", (image.width, image.height + rows * line_height + 8), color=255)
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for index, caption in enumerate(captions):
+        x = 6 + (index // rows) * (image.width // 2)
+        y = image.height + 4 + (index % rows) * line_height
+        draw.text((x, y), f"{index + 1}: {caption}", fill=0)
+    return canvas

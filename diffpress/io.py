@@ -30,6 +30,7 @@ from .checkpoint import Checkpoint, check_safetensors, load_pipeline, read_json
 from .compression.modules import OPTIONAL_BUFFERS, QUANTIZATION_BUFFERS, set_backends
 from .compression.surgery import compressed_layers, kind_of, replace_module, replacement_by_kind
 from .errors import InputError, IntegrityError, OutputExistsError
+from .pruning.slicing import apply_structure
 from .recipe import QuantSpec
 
 FORMAT_VERSION = 1
@@ -149,6 +150,9 @@ def quantization_config(model: nn.Module, extra: dict | None = None) -> dict:
     config = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer": "diffpress",
               "producer_version": __version__, "torch_dtype": str(model_dtype(model)).removeprefix("torch."),
               **(extra or {}), "layers": layer_plan(model)}
+    structure = getattr(model, "diffpress_structure", None)
+    if structure:
+        config["structure"] = structure
     tracker = getattr(model, "diffpress_timestep_tracker", None)
     if tracker is not None:
         config["timestep_buckets"] = {"num_buckets": tracker.buckets.num_buckets,
@@ -178,15 +182,15 @@ def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, overwrite: bool = False,
          extra: dict | None = None, attachments: dict[str, str] | None = None) -> Path:
-    """Save a quantized denoiser to `out`, atomically.
+    """Save a compressed (quantized and/or pruned) denoiser to `out`, atomically.
 
     With `source` a pipeline checkpoint, `out` becomes a pipeline directory: every other component
     is copied from the source byte for byte and the denoiser is replaced by the compressed one.
     `attachments` are extra text files written at the root (e.g. recipe.yaml).
     """
     out = Path(out).expanduser().resolve()
-    if not layer_plan(model):
-        raise InputError("the model has no quantized layers; run diffpress.quantize_ first")
+    if not layer_plan(model) and not getattr(model, "diffpress_structure", None):
+        raise InputError("the model is neither quantized nor pruned; compress or prune it first")
     inputs = (source.root,) if source else ()
     check_output(out, overwrite, inputs)
     with atomic_directory(out, overwrite) as staging:
@@ -268,6 +272,7 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
     dtype = torch_dtype or getattr(torch, qconfig.get("torch_dtype", "float32"))
     with torch.device("meta"), _default_dtype(dtype):  # buffers built as diffusers builds them for this dtype
         model = cls.from_config(config)
+        apply_structure(model, qconfig.get("structure"), str(directory))
     check_safetensors(directory / WEIGHTS_NAME)
     state = load_file(directory / WEIGHTS_NAME)
     install_shells(model, qconfig["layers"], {k: (tuple(t.shape), t.dtype) for k, t in state.items()}, directory)

@@ -1,6 +1,6 @@
 """The one plan type: what `compress` does to a denoiser.
 
-A Plan is a list of prune stages (reserved: pruning is not available yet) followed by quantization,
+A Plan is a list of prune stages (structured pruning, run first) followed by quantization,
 given either by a Recipe (a default QuantSpec plus rules) or by a MixedPrecision budget (one format
 per layer, chosen by an integer program from measured sensitivity). Everything a user can hand to
 `compress` becomes a Plan through `as_plan`: a preset name, a recipe file, a Recipe, a
@@ -8,7 +8,8 @@ MixedPrecision or a bare Budget.
 
 A recipe file is a plan in YAML:
 
-    prune: []                      # reserved for prune stages ("prune, then quantize"); not yet
+    prune:                         # optional: prune first (see diffpress.prune_stage), then quantize
+      - {target_params: 0.8, method: learned}
     default: {weight_format: int4, granularity: per_group, group_size: 128, act_format: int8}
     keep_default_skips: true
     rules:
@@ -24,8 +25,9 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .errors import InputError, NotYetSupportedError, require_int
+from .errors import InputError, require_int
 from .presets import DEFAULT_MIXED_CANDIDATES, PRESETS, SensitivityMethods, candidate, preset_recipe
+from .prune_stage import PruneStage
 from .recipe import RECIPE_KEYS, Recipe
 
 MIXED = "mixed"  # the preset name that stands for a MixedPrecision plan on the command line
@@ -133,19 +135,19 @@ def parse_methods(value) -> SensitivityMethods:
 
 @dataclass(frozen=True)
 class Plan:
-    """Prune stages (reserved; none may be given yet), then quantization: a Recipe or a MixedPrecision."""
+    """Prune stages (run in order), then quantization: a Recipe or a MixedPrecision."""
 
     quantize: Recipe | MixedPrecision
-    prune: tuple = field(default=())
+    prune: tuple[PruneStage, ...] = field(default=())
     name: str | None = None  # the preset this plan came from, if any (shown in summaries)
 
     def __post_init__(self) -> None:
         if not isinstance(self.quantize, (Recipe, MixedPrecision)):
             raise InputError(f"a plan quantizes with a Recipe or a MixedPrecision, got {type(self.quantize).__name__}")
-        if self.prune:
-            raise NotYetSupportedError("prune stages are not available yet in this version of diffpress; remove the "
-                                       "recipe's 'prune' section (it is reserved for 'prune, then quantize' recipes)",
-                                       "prune")
+        object.__setattr__(self, "prune", tuple(self.prune))
+        for stage in self.prune:
+            if not isinstance(stage, PruneStage):
+                raise InputError(f"prune stages are PruneStage objects, got {type(stage).__name__}", "prune")
 
     @property
     def mixed(self) -> MixedPrecision | None:
@@ -156,9 +158,8 @@ class Plan:
         return self.quantize if isinstance(self.quantize, Recipe) else None
 
     def describe(self) -> str:
-        if self.name:
-            return f"preset {self.name}"
-        return "mixed precision" if self.mixed else "recipe"
+        quantize = f"preset {self.name}" if self.name else "mixed precision" if self.mixed else "recipe"
+        return f"{len(self.prune)} prune stage(s), then {quantize}" if self.prune else quantize
 
     # ---------------------------------------------------------- dict / YAML
 
@@ -180,7 +181,7 @@ class Plan:
 
     def to_dict(self) -> dict:
         quantize = {MIXED: self.mixed.to_dict()} if self.mixed else self.recipe.to_dict()
-        return {**({"prune": list(self.prune)} if self.prune else {}), **quantize}
+        return {**({"prune": [stage.to_dict() for stage in self.prune]} if self.prune else {}), **quantize}
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "recipe") -> "Plan":
@@ -216,12 +217,12 @@ def safe_yaml(text: str, where: str):
         raise InputError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
 
 
-def _prune_stages(value, where: str) -> tuple:
+def _prune_stages(value, where: str) -> tuple[PruneStage, ...]:
     if value in (None, []):
         return ()
-    if not isinstance(value, list) or not all(isinstance(stage, dict) for stage in value):
+    if not isinstance(value, list):
         raise InputError(f"{where}: expected a list of prune stages (mappings), got {value!r}")
-    return tuple(value)
+    return tuple(PruneStage.from_dict(stage, f"{where}[{i}]") for i, stage in enumerate(value))
 
 
 def as_plan(value) -> Plan:

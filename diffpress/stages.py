@@ -1,5 +1,7 @@
 """What the verbs run between loading a model and writing a result, each written once.
 
+`prune_subject`: one prune stage on a subject's denoiser (prune and a recipe's prune stages run it).
+
 `measure`: sensitivity of a subject's denoiser (the image probe, the measured modules, the
 report); `sensitivity` and a mixed-precision `compress` both run it. `mixed_recipe`: measure, then
 allocate, giving the exact-name recipe and the modules it was measured with (so nothing is
@@ -19,6 +21,7 @@ from .compression.sensitivity.report import SensitivityReport
 from .compression.sensitivity.variants import LayerVariants
 from .errors import InputError
 from .plan import MixedPrecision
+from .prune_stage import NEEDS_CALIBRATION, Method, PruneStage
 from .recipe import Recipe
 from .subject import Subject
 
@@ -77,3 +80,28 @@ def mixed_recipe(subject: Subject, calibration_set: CalibrationSet, mixed: Mixed
     allocation = allocate_report(measured.report, mixed.budget, latency_table=table)
     return MixedOutcome(allocation.to_recipe(mixed.methods), allocation,
                         measured.variants.full_modules(allocation.choice), measured.report)
+
+
+def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bool):
+    """Run `stage` on the subject's denoiser, in place (the pipeline's, when it has one: the learned mask samples
+    it). calibration: options or a set, for the baselines that read statistics (taylor, activation)."""
+    from .pruning import prune_denoiser
+
+    pipe = None
+    if subject.has_pipeline:
+        pipe = subject.pipeline("pruning")
+    elif stage.method is Method.LEARNED:
+        subject.pipeline("the learned mask samples the model's pipeline",
+                         ": use --method taylor|activation|magnitude|random with --calibration FILE")
+    options = calibration if isinstance(calibration, CalibrationOptions) else CalibrationOptions()
+    calibration_set = None
+    if stage.method in NEEDS_CALIBRATION or pipe is None:
+        calibration_set = subject.calibration_set(calibration, progress)
+    steps, guidance = subject.sampling_defaults
+    stage_guidance = stage.guidance_scale if stage.guidance_scale is not None else guidance
+    if stage_guidance != stage.guidance_scale:
+        from dataclasses import replace
+
+        stage = replace(stage, guidance_scale=stage_guidance)
+    return prune_denoiser(subject.denoiser, stage, pipe=pipe, items=subject.items(options),
+                          calibration=calibration_set, default_steps=steps or options.steps, progress=progress)

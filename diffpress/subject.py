@@ -45,6 +45,16 @@ class Subject:
         return cls(str(model), source, default_items=_builtin_items(model))
 
     @property
+    def sampling_defaults(self) -> tuple[int | None, float | None]:
+        """(steps, guidance scale) the model is sampled with by default: a built-in's own, else (None, None)."""
+        from .zoo import BUILTIN_PREFIX, builtin
+
+        if isinstance(self.name, str) and self.name.startswith(BUILTIN_PREFIX):
+            entry = builtin(self.name)
+            return entry.eval_steps, entry.eval_guidance
+        return None, None
+
+    @property
     def root(self) -> Path | None:
         return self.source.root if self.source else None
 
@@ -117,7 +127,7 @@ def check_calibration_matches(denoiser: nn.Module, calibration: CalibrationSet) 
 
 def _refuse_compressed(source: checkpoints.Checkpoint) -> None:
     config = checkpoints.read_json(source.denoiser_dir / "config.json")
-    if "quantization_config" in config:
+    if (config.get("quantization_config") or {}).get("layers"):  # pruned-only models may be quantized
         raise InputError(f"{source.denoiser_dir}: already compressed; load it with diffpress.load, "
                          "or compress the original checkpoint", "model")
 

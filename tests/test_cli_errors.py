@@ -26,7 +26,7 @@ def files(tmp_path_factory):
                                       reservoir_size=1, progress=False)
     calibration.save(root / "unet-calibration.safetensors")
     (root / "bad-recipe.yaml").write_text("default: {weight_format: int4, granularity: per_group, bits: 3}\n")
-    (root / "prune-recipe.yaml").write_text("prune: [{method: learned, target_params: 0.8}]\n"
+    (root / "prune-recipe.yaml").write_text("prune: [{method: learned}]\n"
                                             "default: {weight_format: int8, granularity: per_channel}\n")
     (root / "empty-prompts.txt").write_text("\n\n")
     (root / "not-calibration.safetensors").write_bytes((root / "unet" / "diffusion_pytorch_model.safetensors").read_bytes())
@@ -77,7 +77,7 @@ CASES = [
     (["compress", DIGITS, "--out", "{o}/out", "--recipe", "{f}/bad-recipe.yaml"],
      ["--recipe", "bad-recipe.yaml", "unknown key 'bits'", "allowed:"]),
     (["compress", DIGITS, "--out", "{o}/out", "--recipe", "{f}/prune-recipe.yaml"],
-     ["--recipe", "prune", "not available yet"]),
+     ["--recipe", "prune", "exactly one of target_params, target_macs"]),
     (["compress", DIGITS, "--out", "{o}/out"], ["--preset", "--recipe", "required"]),
     (["compress", DIGITS, "--out", "{f}/existing", "--preset", "w8a16-int8"], ["existing", "--overwrite"]),
     (["compress", "{f}/unet", "--out", "{f}/unet/inside", "--preset", "w8a16-int8"], ["--out", "overlaps the input"]),
@@ -142,7 +142,31 @@ CASES = [
     (["eval", DIGITS, "--guidance-scale", "inf"], ["--guidance-scale", "'inf'", "finite"]),
     (["eval", DIGITS, "--compressed", "{f}/missing-dir"], ["missing-dir", "no such directory"]),
     (["eval", "{f}/unet"], ["unet", "evaluation classifier", "builtin:digits"]),
+    # prune
+    (["prune", DIGITS, "--out", "{o}/p"], ["--target-params", "--target-macs", "required"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0"], ["--target-params", "'0'", "> 0"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "1.5"], ["--target-params", "1.5", "(0, 1]"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.01", "--method", "magnitude"],
+     ["--target-params", "0.01", "cannot be reached", "smallest reachable is 0.2"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-macs", "most"], ["--target-macs", "'most'", "number"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--method", "obs"],
+     ["--method", "'obs'", "learned", "taylor"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--scope", "wide"], ["--scope", "'wide'", "global"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--steps", "0"], ["--steps", "'0'", ">= 1"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--guidance-scale", "-2"],
+     ["--guidance-scale", "'-2'", ">= 0"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--iterations", "0"], ["--iterations", "'0'", ">= 1"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--learn-samples", "0"],
+     ["--learn-samples", "'0'", ">= 1"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--batch-size", "x"], ["--batch-size", "'x'", "integer"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--learning-rate", "0"],
+     ["--learning-rate", "'0'", "> 0"]),
+    (["prune", DIGITS, "--out", "{f}/existing", "--target-params", "0.8"], ["existing", "--overwrite"]),
+    (["prune", "{f}/unet", "--out", "{o}/p", "--target-params", "0.8"], ["unet", "needs a pipeline", "--method taylor"]),
+    (["prune", "{f}/unet", "--out", "{o}/p", "--target-params", "0.8", "--method", "taylor"],
+     ["--calibration FILE", "bare denoiser"]),
     # inspect
+    (["inspect", DIGITS], ["--preset", "--recipe", "--prunable"]),
     (["inspect", DIGITS, "--preset", "mixed"], ["--preset", "'mixed'", "w8a16-int8"]),
     (["inspect", DIGITS, "--recipe", "{f}/bad-recipe.yaml"], ["--recipe", "unknown key 'bits'"]),
     (["eval", DIGITS, "--compressed", "{f}/missing-dir", "--grid", "{o}/grid.jpg"], ["--grid", "grid.jpg", ".png"]),
@@ -165,9 +189,10 @@ SHARED = [(["--calib-prompts", "{f}/missing.txt"], ["--calib-prompts", "no such 
           (["--image-samples", "-4"], ["--image-samples", "'-4'", ">= 1"]),
           (["--image-steps", "zero"], ["--image-steps", "'zero'", "integer"])]
 HEADS = {"compress": ["compress", DIGITS, "--out", "{o}/out", "--preset", "w4a8-int"],
+         "prune": ["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--method", "taylor"],
          "sensitivity": ["sensitivity", DIGITS, "--out", "{o}/r"]}
 CASES += [(HEADS[command] + tail, expected) for command in HEADS for tail, expected in SHARED
-          if not (command == "compress" and tail[0].startswith("--image"))]
+          if not (command in ("compress", "prune") and tail[0].startswith("--image"))]
 CASES += [(["compress", DIGITS, "--out", "{o}/out", "--preset", "mixed", "--avg-bits", "5"] + tail, expected)
           for tail, expected in SHARED if tail[0].startswith("--image")]
 

@@ -85,11 +85,13 @@ def test_cli_talks_to_the_api_and_errors_only():
     assert offenders("diffpress.cli", allowed) == []
 
 
-@pytest.mark.parametrize("plan_module", ["diffpress.recipe", "diffpress.presets", "diffpress.plan"])
+@pytest.mark.parametrize("plan_module", ["diffpress.recipe", "diffpress.presets", "diffpress.plan",
+                                         "diffpress.prune_stage"])
 def test_plans_do_not_import_the_machinery(plan_module):
     """Plans are data: no cycle through compression (recipe.py once imported compression.quantize)."""
     allowed = lambda target, _: within(target, "diffpress.recipe", "diffpress.presets", "diffpress.plan",
-                                       "diffpress.formats", "diffpress.errors", "diffpress.kernels.layout")
+                                       "diffpress.prune_stage", "diffpress.formats", "diffpress.errors",
+                                       "diffpress.kernels.layout")
     assert offenders(plan_module, allowed) == []
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffpress.errors import InputError, NotYetSupportedError
+from diffpress.errors import InputError
 from diffpress.plan import Budget, MixedPrecision, Plan, as_plan
 from diffpress.presets import PRESETS, SensitivityMethods, preset, preset_recipe
 from diffpress.recipe import Recipe
@@ -44,10 +44,18 @@ def test_presets_are_typed_and_each_has_a_baseline():
         assert not baseline.spec.needs_calibration
 
 
-def test_prune_section_is_validated_then_refused_as_not_yet():
-    with pytest.raises(NotYetSupportedError, match="prune stages are not available yet"):
-        Plan.from_yaml("prune: [{method: learned, target_params: 0.8}]\ndefault: {weight_format: int8, "
-                       "granularity: per_channel}\n")
+def test_prune_section_parses_into_stages_and_round_trips():
+    plan = Plan.from_yaml("prune: [{method: taylor, target_params: 0.8}]\ndefault: {weight_format: int8, "
+                          "granularity: per_channel}\n")
+    assert [(s.method.value, s.cost.value, s.target) for s in plan.prune] == [("taylor", "params", 0.8)]
+    assert Plan.from_yaml(plan.to_yaml()) == plan
+    for bad, message in [("{method: learned}", "exactly one of target_params, target_macs"),
+                         ("{target_params: 1.5}", "must be a fraction in \\(0, 1\\]"),
+                         ("{target_params: 0.8, method: obs}", "method 'obs' is not one of"),
+                         ("{target_params: 0.8, learn: {iterations: 0}}", "iterations"),
+                         ("{target_macs: 0.8, depth: 3}", "unknown key 'depth'")]:
+        with pytest.raises(InputError, match=message):
+            Plan.from_yaml(f"prune: [{bad}]\ndefault: skip\n")
     with pytest.raises(InputError, match="expected a list of prune stages"):
         Plan.from_yaml("prune: learned\n")
     assert Plan.from_yaml("prune: []\ndefault: skip\n").prune == ()

@@ -67,7 +67,7 @@ class Collector:
         self._handles.append(self.denoiser.register_forward_pre_hook(self._on_denoiser_call, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._on_denoiser_return))
         for name, module in self.denoiser.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.numel():  # zero width: fully pruned
                 channel_dim = 1 if isinstance(module, nn.Conv2d) else -1
                 self._handles.append(module.register_forward_pre_hook(self._layer_hook(name, channel_dim)))
         return self

@@ -20,10 +20,11 @@ def register(subparsers) -> None:
     parser.add_argument("--compressed", metavar="DIR", help="compressed pipeline directory to compare")
     parser.add_argument("--num-samples", type=options.integer(1), default=100, metavar="N",
                         help="samples per model (default 100)")
-    parser.add_argument("--steps", type=options.integer(1), default=25, metavar="S", help="sampler steps (default 25)")
+    parser.add_argument("--steps", type=options.integer(1), default=None, metavar="S",
+                        help="sampler steps (default: the model's own, e.g. 25 for builtin:digits)")
     parser.add_argument("--seed", type=options.integer(0), default=0, metavar="K", help="noise seed (default 0)")
-    parser.add_argument("--guidance-scale", type=options.number(0, inclusive=True), default=1.0, metavar="G",
-                        help="classifier-free guidance scale (default 1.0: none)")
+    parser.add_argument("--guidance-scale", type=options.number(0, inclusive=True), default=None, metavar="G",
+                        help="classifier-free guidance scale (default: the model's own; 1: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--grid", type=options.png_path, metavar="PNG", help="side-by-side image grid path "
                                                       "(default: DIR-grid.png beside --compressed DIR)")

@@ -1,7 +1,8 @@
-"""`diffpress inspect`: which layers each recipe rule hits, from the config alone."""
+"""`diffpress inspect`: which layers each recipe rule hits, or the prunable units, from the config alone."""
 from __future__ import annotations
 
-from ..api import inspect
+from ..api import inspect, prunable_units
+from ..errors import InputError
 from . import options
 
 
@@ -9,15 +10,23 @@ def register(subparsers) -> None:
     parser = options.add_command(
         subparsers, "inspect", "show which layers each recipe rule hits (no weights read, no calibration)",
         "Build MODEL's denoiser from its config alone and list, for every Linear/Conv2d, the rule that decides "
-        "it and its plan; layers kept in high precision are counted last.",
+        "it and its plan; layers kept in high precision are counted last. With --prunable, list the units "
+        "'diffpress prune' can remove (attention heads, feed-forward neurons, ResNet channel groups).",
         ("diffpress inspect builtin:digits --recipe my-recipe.yaml",
-         "diffpress inspect ./flux-dev/transformer --preset w4a8-int"))
+         "diffpress inspect ./flux-dev/transformer --preset w4a8-int",
+         "diffpress inspect builtin:digits-flux --prunable"))
     options.add_model(parser)
-    options.add_plan(parser, mixed=False)
+    options.add_plan(parser, mixed=False, required=False)
+    parser.add_argument("--prunable", action="store_true",
+                        help="list the prunable units and their parameters instead of a plan's layers")
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    if args.prunable:
+        return run_prunable(args)
+    if args.preset is None and args.recipe is None:
+        raise InputError("give --preset NAME or --recipe FILE (the plan to inspect), or --prunable", "preset")
     rows = inspect(args.model, args.preset or args.recipe)
     by_rule: dict[str, list] = {}
     for row in rows:
@@ -29,4 +38,14 @@ def run(args) -> int:
             print(f"    {row.fqn} ({row.kind})")
     kept = [row for row in rows if row.plan == "high precision"]
     print(f"{len(rows) - len(kept)} of {len(rows)} layers quantized; {len(kept)} kept in high precision")
+    return 0
+
+
+def run_prunable(args) -> int:
+    groups = prunable_units(args.model)
+    for group in groups:
+        print(f"{group.name:<50} {group.count:>5} {group.kind.value}s of {group.width:<4} "
+              f"{group.params_per_unit:>9,} params each")
+    prunable = sum(g.params for g in groups)
+    print(f"{len(groups)} prunable groups, {prunable:,} parameters in prunable units")
     return 0

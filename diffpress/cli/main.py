@@ -8,11 +8,11 @@ import sys
 
 from .. import __version__
 from ..errors import DiffpressError
-from . import calibrate, compress, evaluate, inspect, models, sensitivity
+from . import calibrate, compress, evaluate, inspect, models, prune, sensitivity
 
 EXIT_USAGE_OR_INPUT = 2
 EXIT_INTERRUPTED = 130
-COMMANDS = (compress, calibrate, sensitivity, evaluate, inspect, models)
+COMMANDS = (compress, prune, calibrate, sensitivity, evaluate, inspect, models)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -128,8 +128,8 @@ def add_quiet(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
 
 
-def add_plan(parser, mixed: bool) -> None:
-    plan = parser.add_mutually_exclusive_group(required=True)
+def add_plan(parser, mixed: bool, required: bool = True) -> None:
+    plan = parser.add_mutually_exclusive_group(required=required)
     choices = list(PRESETS) + ([MIXED] if mixed else [])
     plan.add_argument("--preset", choices=choices, metavar="NAME", help="a preset (see below)")
     plan.add_argument("--recipe", type=existing_file, metavar="FILE",

@@ -24,6 +24,26 @@ def print_compression(result, plan_label: str) -> None:
     print(f"saved {result.out} in {result.seconds:.1f} s")
 
 
+def print_pruning(outcome) -> None:
+    result = outcome.result
+    stage = result.stage
+    print(f"pruned ({stage.method.value}, {stage.scope.value}, keep {stage.target:g} of the {stage.cost.value}):")
+    for name, kind, kept, count in result.rows():
+        print(f"  {name:<50} {kept:>5} of {count:<5} {kind}s")
+    untouched = len(result.groups) - len(result.rows())
+    if untouched:
+        print(f"  ({untouched} prunable groups kept whole)")
+    print(f"parameters: {result.params_before:,} -> {result.params_after:,} "
+          f"({result.params_after / result.params_before:.3f}); MACs per call and sample: "
+          f"{result.macs_before / 1e6:.1f} M -> {result.macs_after / 1e6:.1f} M "
+          f"({result.macs_after / result.macs_before:.3f})")
+    if result.learned is not None:
+        print(f"mask learned in {result.learned.seconds:.1f} s ({len(result.learned.losses)} iterations, "
+              f"final trajectory MSE {result.learned.losses[-1]:.4f})")
+    where = f"saved {outcome.out}" if outcome.out else "not saved"
+    print(f"{where} in {result.seconds:.1f} s")
+
+
 def print_eval(result, grid) -> None:
     reference, compressed = result.reference, result.compressed
     cell = lambda side, key, fmt: "-" if side is None or getattr(side, key) is None else fmt(getattr(side, key))

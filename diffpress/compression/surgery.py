@@ -64,9 +64,10 @@ def kind_of(compressed: nn.Module) -> str:
 
 
 def compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(fqn, module) of every float module that has a replacement, in module order."""
+    """(fqn, module) of every float module that has a replacement, in module order (zero-width layers of a fully
+    pruned feed-forward hold no weights and are not listed)."""
     for name, module in model.named_modules():
-        if replacement_for(module) is not None:
+        if replacement_for(module) is not None and module.weight.numel():
             yield name, module
 
 

@@ -39,6 +39,7 @@ from ..compression.surgery import COMPRESSED_CLASSES, compressed_layers, compres
 from ..compression.swap import DEFAULT_SKIP, plan_of
 from ..errors import DiffpressError, InputError, IntegrityError
 from ..kernels.dispatch import parse_backend
+from ..pruning.slicing import apply_structure
 
 MANIFEST_NAME = io.MANIFEST_NAME
 
@@ -99,7 +100,7 @@ class DiffpressConfig(QuantizationConfigMixin):
         """The config describing `model` as it is now (its layer plan, dtype, timestep buckets), keeping what
         `previous` recorded about how it was made (preset, recipe, skipped layers)."""
         previous = previous.to_dict() if isinstance(previous, DiffpressConfig) else dict(previous or {})
-        kept = {key: previous[key] for key in ("preset", "recipe", "skipped") if key in previous}
+        kept = {key: previous[key] for key in ("preset", "recipe", "skipped", "pruned") if key in previous}
         current = io.quantization_config(model, kept)
         current.pop("quant_method", None)
         return cls(backend=previous.get("backend", "auto"), **current)
@@ -160,6 +161,7 @@ class DiffpressQuantizer(DiffusersQuantizer):
 
     def _process_model_before_weight_loading(self, model, device_map=None, keep_in_fp32_modules=None, **kwargs):
         if self.pre_quantized:
+            apply_structure(model, self.quantization_config.stored.get("structure"), str(self.directory))
             io.install_shells(model, self.quantization_config.layers, self.stored_tensors, self.directory)
             self._check_keys(model)
         else:
@@ -305,7 +307,7 @@ def patch_save_pretrained(model_mixin) -> None:
 
     @functools.wraps(original)
     def save_pretrained(self, save_directory, *args, **kwargs):
-        if next(compressed_layers(self), None) is None:
+        if next(compressed_layers(self), None) is None and not getattr(self, "diffpress_structure", None):
             return original(self, save_directory, *args, **kwargs)
         if kwargs.get("safe_serialization", True) is False:
             raise InputError("diffpress models are saved as safetensors only: drop safe_serialization=False",

@@ -90,6 +90,11 @@ class DigitsPipeline(DiffusionPipeline):
             sample = self.scheduler.step(eps, t, sample).prev_sample
         return sample.float().clamp(-1, 1)
 
+    def draw(self, labels: torch.Tensor, num_inference_steps: int, guidance_scale: float, noise: torch.Tensor,
+             progress: bool = False, first_index: int = 0) -> torch.Tensor:
+        """The eval harness's call (as every built-in pipeline has it): images of `labels` from `noise`."""
+        return self(labels, num_inference_steps, guidance_scale, noise=noise, progress=progress)
+
     def _predict_noise(self, sample, t, labels, guidance_scale: float) -> torch.Tensor:
         if guidance_scale == 1.0:
             return self.unet(sample, t, class_labels=labels).sample

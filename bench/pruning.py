@@ -1,0 +1,136 @@
+"""Structured pruning on a built-in model: every method at every budget, in one harness (CPU).
+
+    python bench/pruning.py --model builtin:digits [--targets 0.9 0.8 0.7 0.6]
+        [--methods learned taylor magnitude activation random] [--num-samples 200] [--iterations 100]
+        [--combined]
+
+For each (method, fraction of parameters kept): prune the float model in memory (`diffpress.prune`,
+global scope), then sample it against the float model with the eval harness at identical seeds
+(the model's own steps and guidance): PSNR/SSIM vs float, classifier accuracy, Frechet distance,
+parameters, MACs per denoiser call and sample, and measured CPU seconds per sampling step (the
+whole eval batch). taylor and activation read one calibration set of the float model (default
+CalibrationOptions), made once. With --combined: the learned 20% model quantized with w8a8-int8
+and w4a8-int, against those presets alone and against mixed precision (w8a8-int8 / w4a8-int, output
+metric only) at the same bytes of quantized layers as each pruned+quantized model.
+
+Writes bench/results/pruning-NAME.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import diffpress
+from diffpress import io
+from diffpress.calibration import CalibrationOptions
+from diffpress.evaluation import EvalSettings, evaluate_pipeline, sample_reference
+from diffpress.metrics import state_bytes
+
+
+def row_of(result, settings: EvalSettings) -> dict:
+    side = result.compressed
+    return {"psnr_db": round(side.psnr_db, 2), "ssim": round(side.ssim, 4),
+            "accuracy": side.classifier_accuracy, "frechet": round(side.frechet_distance, 3),
+            "seconds_per_step": round(side.seconds / settings.steps, 4)}
+
+
+def calibration_for(model: str) -> diffpress.CalibrationSet:
+    """The float model calibrated on the built-in's own prompts or labels, default options."""
+    return diffpress.calibrate(model, options=CalibrationOptions())
+
+
+def prune_rows(args, settings, reference, calibration) -> list[dict]:
+    rows = []
+    for target in args.targets:
+        for method in args.methods:
+            learn = {"iterations": args.iterations}
+            started = time.perf_counter()
+            outcome = diffpress.prune(args.model, target, None, method=method, learn=learn,
+                                      calibration=calibration, steps=args.learn_steps)
+            seconds = time.perf_counter() - started
+            result = outcome.result
+            row = {"method": method, "target_params": target, "removed_fraction": round(1 - target, 2),
+                   "params": result.params_after, "params_kept": round(result.params_after / result.params_before, 4),
+                   "macs_per_call": result.macs_after, "macs_kept": round(result.macs_after / result.macs_before, 4),
+                   "prune_seconds": round(seconds, 1),
+                   **row_of(evaluate_pipeline(reference, outcome.model), settings)}
+            if result.learned is not None:
+                row["final_trajectory_mse"] = round(result.learned.losses[-1], 5)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def combined_rows(args, settings, reference, scratch: Path) -> list[dict]:
+    pruned = scratch / "pruned"
+    diffpress.prune(args.model, 0.8, pruned, learn={"iterations": args.iterations}, steps=args.learn_steps)
+    rows = []
+    for preset in ("w8a8-int8", "w4a8-int"):
+        both = diffpress.compress(pruned, preset, scratch / f"pruned-{preset}")
+        alone = diffpress.compress(args.model, preset, scratch / preset)
+        budget = diffpress.MixedPrecision(diffpress.Budget(max_bytes=_allocated_bytes(both.out)),
+                                          candidates=("w8a8-int8", "w4a8-int"), image_layers=0)
+        mixed = diffpress.compress(args.model, budget, scratch / f"mixed-{preset}")
+        for label, result in ((f"learned 20% + {preset}", both), (f"{preset} alone", alone),
+                              (f"mixed w8a8/w4a8 at the bytes of learned 20% + {preset}", mixed)):
+            row = {"model": label, "weight_bytes": result.bytes_after,
+                   **row_of(evaluate_pipeline(reference, io.load(result.out)), settings)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _allocated_bytes(directory: Path) -> int:
+    """Bytes of the quantized layers' stored weights (codes + scales): what a mixed-precision max_bytes counts."""
+    pipe = io.load(directory)
+    from diffpress.compression.surgery import compressed_layers
+
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    return sum(state_bytes(module) for _, module in compressed_layers(denoiser))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="builtin:digits")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
+    parser.add_argument("--methods", nargs="+", default=["learned", "taylor", "magnitude", "activation", "random"])
+    parser.add_argument("--num-samples", type=int, default=200)
+    parser.add_argument("--iterations", type=int, default=100, help="mask-learning iterations")
+    parser.add_argument("--learn-steps", type=int, default=None, help="trajectory steps (default: the model's)")
+    parser.add_argument("--combined", action="store_true", help="also pruned 20%% + quantization")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    settings = EvalSettings.for_model(args.model, args.num_samples)
+    reference = sample_reference(args.model, settings)
+    metrics = reference.metrics
+    float_row = {"method": "float", "accuracy": metrics.classifier_accuracy,
+                 "frechet": round(metrics.frechet_distance, 3), "seconds_per_step": round(metrics.seconds / settings.steps, 4)}
+    calibration = calibration_for(args.model) if {"taylor", "activation"} & set(args.methods) else None
+    rows = prune_rows(args, settings, reference, calibration)
+    combined = []
+    if args.combined:
+        with tempfile.TemporaryDirectory() as scratch:
+            combined = combined_rows(args, settings, reference, Path(scratch))
+    name = args.model.split(":")[-1]
+    result = {"benchmark": "pruning", "model": args.model, "date": date.today().isoformat(), "commit": commit,
+              "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "command": "python bench/pruning.py " + " ".join(__import__("sys").argv[1:]),
+              "eval": {"num_samples": settings.num_samples, "steps": settings.steps,
+                       "guidance_scale": settings.guidance_scale, "seed": settings.seed},
+              "float": float_row, "rows": rows, "combined": combined}
+    out = Path(__file__).parent / "results" / f"pruning-{name}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`diffpress prune`: remove attention heads, feed-forward neurons and ResNet channel groups."""
+from __future__ import annotations
+
+from ..api import LearnOptions, Method, Scope, evaluate, prune
+from . import options
+from .output import grid_beside, print_eval, print_pruning
+
+
+def register(subparsers) -> None:
+    parser = options.add_command(
+        subparsers, "prune", "remove heads, FFN neurons and ResNet channels; save a smaller model",
+        "Structured pruning of MODEL's denoiser: attention heads, feed-forward neurons and ResNet channel groups "
+        "are scored (a gate mask learned on the float model's sampling trajectory, or a one-shot baseline), the "
+        "best are kept under the budget, and the rest are removed physically. The result is a diffusers-format "
+        "directory that diffpress.load() and from_pretrained() read, and that 'diffpress compress' can quantize.",
+        ("diffpress prune builtin:digits --target-params 0.8 --out out/digits-p80 --eval",
+         "diffpress prune builtin:digits-flux --target-macs 0.7 --method taylor --out out/flux-m70",
+         "diffpress prune ./my-pipeline --target-params 0.8 --calib-prompts prompts.txt --steps 20 --out ./p80"))
+    options.add_model(parser)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-params", dest="target_params", type=options.number(0), metavar="F",
+                        help="fraction of the denoiser's parameters to keep, in (0, 1]")
+    target.add_argument("--target-macs", dest="target_macs", type=options.number(0), metavar="F",
+                        help="fraction of the denoiser's multiply-accumulates per call to keep, in (0, 1]")
+    parser.add_argument("--method", choices=options.enum_values(Method), default=Method.LEARNED.value,
+                        help="how units are ranked: learned (mask fitted end to end on the sampling trajectory), "
+                             "taylor, activation (both need calibration data), magnitude, random (default learned)")
+    parser.add_argument("--scope", choices=options.enum_values(Scope), default=Scope.GLOBAL.value,
+                        help="global: rank units model-wide; per_layer: the same fraction of every group "
+                             "(default global)")
+    options.add_output(parser, "DIR", "output directory (written atomically)", "replace DIR if it exists")
+    options.add_quiet(parser)
+    parser.add_argument("--eval", action="store_true", help="after saving, run 'diffpress eval' on the result")
+    learn = parser.add_argument_group("mask learning (method learned)")
+    defaults = lambda name: options.default_of(LearnOptions, name)
+    learn.add_argument("--steps", dest="prune_steps", type=options.integer(1), metavar="S",
+                       help="sampler steps of the trajectory the mask is fitted on (default: the model's own, "
+                            "else --calib-steps)")
+    learn.add_argument("--guidance-scale", dest="guidance_scale", type=options.number(0, inclusive=True),
+                       metavar="G", help="guidance scale of that trajectory (default: the model's own)")
+    learn.add_argument("--iterations", type=options.integer(1), default=defaults("iterations"), metavar="N",
+                       help=f"optimizer steps (default {defaults('iterations')})")
+    learn.add_argument("--learn-samples", dest="samples", type=options.integer(1), default=defaults("samples"),
+                       metavar="N", help=f"distinct (prompt or label, seed) targets (default {defaults('samples')})")
+    learn.add_argument("--batch-size", dest="batch_size", type=options.integer(1), default=defaults("batch_size"),
+                       metavar="B", help=f"targets per optimizer step (default {defaults('batch_size')})")
+    learn.add_argument("--learning-rate", dest="learning_rate", type=options.number(0),
+                       default=defaults("learning_rate"), metavar="LR",
+                       help=f"Adam learning rate of the gate logits (default {defaults('learning_rate')})")
+    options.add_calibration(parser, "prompts or labels to prune on, and calibration for taylor/activation")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    learn = LearnOptions(iterations=args.iterations, samples=args.samples, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate)
+    outcome = prune(args.model, args.target_params, args.out, target_macs=args.target_macs, method=args.method,
+                    scope=args.scope, steps=args.prune_steps, guidance_scale=args.guidance_scale, learn=learn,
+                    calibration=options.calibration_source(args), overwrite=args.overwrite, progress=not args.quiet)
+    print_pruning(outcome)
+    if args.eval:
+        print_eval(evaluate(args.model, outcome.out, progress=not args.quiet), grid_beside(outcome.out))
+    return 0

@@ -1,0 +1,147 @@
+"""A prune stage as data: what `diffpress prune` and a recipe's `prune:` list ask for (no torch here).
+
+    prune:
+      - {target_params: 0.8, method: learned, steps: 20, learn: {iterations: 100}}
+
+target_params / target_macs: the fraction of the denoiser's parameters, or of its multiply-accumulates
+per call, to keep. method: how units are ranked (a mask learned on the sampling trajectory, or a
+one-shot baseline). scope: global (rank units model-wide) or per_layer (the same fraction of
+every group).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import InputError, require_int
+
+
+class Method(str, enum.Enum):
+    LEARNED = "learned"
+    TAYLOR = "taylor"
+    MAGNITUDE = "magnitude"
+    ACTIVATION = "activation"
+    RANDOM = "random"
+
+
+NEEDS_CALIBRATION = frozenset({Method.TAYLOR, Method.ACTIVATION})
+
+
+class Cost(str, enum.Enum):
+    PARAMS = "params"
+    MACS = "macs"
+
+
+class Scope(str, enum.Enum):
+    GLOBAL = "global"
+    PER_LAYER = "per_layer"
+
+
+class GateKind(str, enum.Enum):
+    HARD_CONCRETE = "hard_concrete"
+    SIGMOID = "sigmoid"
+
+
+@dataclass(frozen=True)
+class LearnOptions:
+    """Mask learning: `iterations` optimizer steps, each one trajectory batch of `batch_size` items, over
+    `samples` distinct (item, seed) targets; Adam at `learning_rate` on the gate logits; budget penalty
+    weight `penalty`, ramped in over the first `warmup` fraction of the iterations."""
+
+    iterations: int = 100
+    batch_size: int = 4
+    samples: int = 32
+    learning_rate: float = 0.1
+    penalty: float = 5.0
+    warmup: float = 0.3
+    gate: GateKind = GateKind.HARD_CONCRETE
+    init_logit: float = 3.0
+    checkpoint_steps: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_int(self.iterations, "iterations", 1)
+        require_int(self.batch_size, "batch_size", 1)
+        require_int(self.samples, "samples", 1)
+        try:
+            object.__setattr__(self, "gate", GateKind(self.gate))
+        except ValueError:
+            raise InputError(f"gate {self.gate!r} is not one of: {', '.join(g.value for g in GateKind)}",
+                             "gate") from None
+        for name in ("learning_rate", "penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InputError(f"{name} must be a positive number, got {value!r}", name)
+
+
+def check_target(target, cost: Cost) -> None:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise InputError(f"target {target!r} must be a fraction in (0, 1] of the denoiser's {cost.value} to keep",
+                         f"target_{cost.value}")
+
+
+@dataclass(frozen=True)
+class PruneStage:
+    """Keep `target` of the denoiser's parameters (cost params) or MACs per call (cost macs), choosing units
+    by `method`. steps / guidance_scale: the sampling trajectory the learned mask is fitted on (default: the
+    model's evaluation settings). learn: the mask-learning settings."""
+
+    target: float
+    cost: Cost = Cost.PARAMS
+    method: Method = Method.LEARNED
+    scope: Scope = Scope.GLOBAL
+    steps: int | None = None
+    guidance_scale: float | None = None
+    learn: LearnOptions = field(default_factory=LearnOptions)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, kind in (("cost", Cost), ("method", Method), ("scope", Scope)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                allowed = ", ".join(k.value for k in kind)
+                raise InputError(f"prune {name} {value!r} is not one of: {allowed}", name) from None
+        check_target(self.target, self.cost)
+        if self.steps is not None:
+            require_int(self.steps, "steps", 1)
+        if isinstance(self.learn, dict):
+            object.__setattr__(self, "learn", _learn_options(self.learn))
+        if not isinstance(self.learn, LearnOptions):
+            raise InputError(f"learn must be LearnOptions or a mapping, got {type(self.learn).__name__}", "learn")
+
+    def to_dict(self) -> dict:
+        data = {"target_" + self.cost.value: self.target, "method": self.method.value, "scope": self.scope.value}
+        if self.steps is not None:
+            data["steps"] = self.steps
+        if self.guidance_scale is not None:
+            data["guidance_scale"] = self.guidance_scale
+        if self.method is Method.LEARNED:
+            data["learn"] = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self.learn).items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data, where: str = "prune stage") -> "PruneStage":
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a mapping (target_params or target_macs, method, ...), got {data!r}")
+        allowed = {"target_params", "target_macs", "method", "scope", "steps", "guidance_scale", "learn", "seed"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+        targets = [k for k in ("target_params", "target_macs") if k in data]
+        if len(targets) != 1:
+            raise InputError(f"{where}: give exactly one of target_params, target_macs")
+        rest = {k: v for k, v in data.items() if k not in targets}
+        try:
+            return cls(data[targets[0]], Cost(targets[0].removeprefix("target_")), **rest)
+        except InputError as error:
+            raise InputError(f"{where}: {error}", error.option) from None
+
+
+def _learn_options(data: dict) -> LearnOptions:
+    known = {f.name for f in fields(LearnOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"learn: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(known))}", "learn")
+    return LearnOptions(**data)

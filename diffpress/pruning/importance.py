@@ -1,0 +1,96 @@
+"""One-shot importance baselines: a score per unit, higher = keep.
+
+- random: uniform scores from a seeded generator.
+- magnitude: root-mean-square of the unit's weights (producer rows and consumer columns).
+- activation (Wanda-style, from the calibration statistics): sum over the unit's consumer columns of
+  the column's input RMS times the column's weight norm.
+- taylor (first order, over timesteps, as Diff-Pruning accumulates it): the unit's gate gradient of
+  the denoiser output, E_v |d<v, f(x_t)>/dg|^2 with random v, summed over the calibration
+  reservoir's calls of every timestep bucket. It estimates how much the output moves when the
+  unit is removed; a float model's own denoising loss has no gradient to rank by.
+
+Weight-based scores (magnitude, activation) are compared across groups after dividing by the
+group's mean (`normalized`); taylor scores measure the same quantity (output change) everywhere and
+are compared as they are.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..calibration import CalibrationSet
+from ..compression.sensitivity.output_metric import output_tensor
+from .gates import GateSite
+from .units import PruneGroup
+
+
+def _unit_rows(weight: torch.Tensor, group: PruneGroup, offset: int) -> torch.Tensor:
+    """(count, width * rest) weights of the group's units in a producer (rows from offset)."""
+    rows = weight.detach()[offset:offset + group.count * group.width].float()
+    return rows.reshape(group.count, -1)
+
+
+def _unit_columns(weight: torch.Tensor, group: PruneGroup, offset: int) -> torch.Tensor:
+    columns = weight.detach()[:, offset:offset + group.count * group.width].float()
+    return columns.transpose(0, 1).reshape(group.count, -1)
+
+
+def magnitude_scores(model: nn.Module, groups: list[PruneGroup]) -> list[torch.Tensor]:
+    scores = []
+    for group in groups:
+        squares = torch.zeros(group.count)
+        for segment in group.producers:
+            squares += _unit_rows(model.get_submodule(segment.module).weight, group, segment.offset).square().sum(1)
+        for segment in group.consumers:
+            squares += _unit_columns(model.get_submodule(segment.module).weight, group, segment.offset).square().sum(1)
+        scores.append((squares / group.params_per_unit).sqrt())
+    return scores
+
+
+def activation_scores(model: nn.Module, groups: list[PruneGroup], calibration: CalibrationSet) -> list[torch.Tensor]:
+    scores = []
+    for group in groups:
+        total = torch.zeros(group.count)
+        for segment in group.consumers:
+            weight = model.get_submodule(segment.module).weight.detach().float()
+            rms = calibration.merged_over_buckets(segment.module).channel_rms.float()
+            columns = slice(segment.offset, segment.offset + group.count * group.width)
+            per_column = rms[columns] * weight[:, columns].transpose(0, 1).reshape(group.count * group.width, -1).norm(dim=1)
+            total += per_column.reshape(group.count, group.width).sum(1)
+        scores.append(total)
+    return scores
+
+
+def taylor_scores(model: nn.Module, groups: list[PruneGroup], calibration: CalibrationSet, per_bucket: int = 2,
+                  probes: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    gates = [torch.ones(g.count, requires_grad=True) for g in groups]
+    scores = [torch.zeros(g.count) for g in groups]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        with GateSite(model, groups) as site:
+            for entry in calibration.entries(per_bucket):
+                site.set(gates)
+                with torch.enable_grad():
+                    output = output_tensor(model(**entry.call_kwargs())).float()
+                    for _ in range(probes):
+                        direction = torch.randn(output.shape, generator=generator).to(output)
+                        grads = torch.autograd.grad((output * direction).sum(), gates, retain_graph=True)
+                        for score, grad in zip(scores, grads):
+                            score += grad.detach().float().square()
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    return scores
+
+
+def random_scores(groups: list[PruneGroup], seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(g.count, generator=generator) for g in groups]
+
+
+def normalized(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each group's scores over the group's mean, so groups of different scale compare."""
+    return [s / s.mean().clamp_min(1e-30) for s in scores]

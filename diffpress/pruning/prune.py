@@ -1,0 +1,100 @@
+"""Run a prune stage (`diffpress.prune_stage.PruneStage`) on a denoiser: find the units, score them
+(learned mask or a one-shot baseline), keep the best under the budget, slice the model, and say
+what was removed (`PruneResult`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..calibration import CalibrationSet
+from ..errors import InputError
+from ..prune_stage import NEEDS_CALIBRATION, Cost, Method, PruneStage
+from .importance import activation_scores, magnitude_scores, normalized, random_scores, taylor_scores
+from .learn import LearnedMask, learn_mask
+from .macs import attach_macs, count_macs, record_positions
+from .select import PruneBudget, check_reachable, select
+from .slicing import materialize
+from .trajectory import Trajectory, final_latents
+from .units import PruneGroup, find_groups
+
+
+@dataclass
+class PruneResult:
+    stage: PruneStage
+    groups: list[PruneGroup]
+    kept: list[torch.Tensor]
+    structure: dict
+    params_before: int
+    params_after: int
+    macs_before: float
+    macs_after: float
+    seconds: float
+    learned: LearnedMask | None = None
+
+    def rows(self) -> list[tuple[str, str, int, int]]:
+        """(group, kind, kept, count) of every group that lost units."""
+        return [(g.name, g.kind.value, int(k.numel()), g.count) for g, k in zip(self.groups, self.kept)
+                if k.numel() != g.count]
+
+
+def denoiser_params(denoiser: nn.Module) -> int:
+    return sum(p.numel() for p in denoiser.parameters())
+
+
+def one_call(pipe, items: Sequence | None, calibration: CalibrationSet | None) -> Callable[[nn.Module], object]:
+    """A single representative denoiser call (for counting MACs): one calibration entry, or one 1-step sample."""
+    if calibration is not None and calibration.entries(1):
+        entry = calibration.entries(1)[0]
+        return lambda denoiser: denoiser(**entry.call_kwargs())
+    if pipe is None or not items:
+        raise InputError("counting MACs needs one denoiser call: give a pipeline and prompts or labels, or a "
+                         "calibration set with a reservoir", "calibration")
+    return lambda denoiser: final_latents(pipe, list(items[:1]), 0, Trajectory(steps=1))
+
+
+def _scores(stage: PruneStage, pipe, denoiser, groups, items, calibration, total, trajectory, progress):
+    method = stage.method
+    if method in NEEDS_CALIBRATION and calibration is None:
+        raise InputError(f"method {method.value} needs a calibration set (statistics and replayable calls)",
+                         "calibration")
+    if method is Method.LEARNED:
+        if pipe is None or not items:
+            raise InputError("the learned mask samples the pipeline: give a pipeline and prompts or labels", "method")
+        learned = learn_mask(pipe, denoiser, groups, items, trajectory, PruneBudget(stage.target, stage.cost), total, stage.learn, progress)
+        return learned.scores(), learned
+    if method is Method.RANDOM:
+        return random_scores(groups, stage.seed), None
+    if method is Method.MAGNITUDE:
+        return normalized(magnitude_scores(denoiser, groups)), None
+    if method is Method.ACTIVATION:
+        return normalized(activation_scores(denoiser, groups, calibration)), None
+    return taylor_scores(denoiser, groups, calibration, seed=stage.seed), None  # output change: comparable as is
+
+
+def prune_denoiser(denoiser: nn.Module, stage: PruneStage, *, pipe=None, items: Sequence | None = None,
+                   calibration: CalibrationSet | None = None, default_steps: int = 25,
+                   progress: bool = False) -> PruneResult:
+    """Prune `denoiser` in place (it is the pipeline's denoiser when `pipe` is given)."""
+    started = time.perf_counter()
+    if getattr(denoiser, "diffpress_structure", None):
+        raise InputError("this model is already pruned; prune the original model to a smaller target instead",
+                         "model")
+    groups = find_groups(denoiser)
+    params_before = denoiser_params(denoiser)
+    positions = record_positions(denoiser, one_call(pipe, items, calibration))
+    attach_macs(denoiser, groups, positions)
+    macs_before = count_macs(denoiser, positions)
+    total = params_before if stage.cost is Cost.PARAMS else macs_before
+    check_reachable(groups, total, PruneBudget(stage.target, stage.cost))
+    trajectory = Trajectory(stage.steps or default_steps, stage.guidance_scale)
+    scores, learned = _scores(stage, pipe, denoiser, groups, items, calibration, total, trajectory, progress)
+    kept = select(groups, scores, total, PruneBudget(stage.target, stage.cost), stage.scope)
+    structure = materialize(denoiser, groups, kept)
+    positions_after = record_positions(denoiser, one_call(pipe, items, calibration))
+    return PruneResult(stage, groups, kept, structure, params_before, denoiser_params(denoiser), macs_before,
+                       count_macs(denoiser, positions_after), time.perf_counter() - started, learned)

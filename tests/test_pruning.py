@@ -1,0 +1,220 @@
+"""Structured pruning (diffpress/pruning): units found by module type on every architecture, gates that are
+exactly removal, slicing that reproduces the gated model, budgets, the trajectory gradient, save and load."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import diffpress
+import tiny_models
+from diffpress.errors import InputError
+from diffpress.pruning import PruneStage, UnitKind, apply_structure, find_groups
+from diffpress.pruning.gates import Gates, GateSite, column_masks, gated
+from diffpress.pruning.select import PruneBudget, select, smallest_reachable
+from diffpress.pruning.slicing import materialize
+from diffpress.pruning.trajectory import Trajectory, final_latents
+
+ARCHITECTURES = ["unet2d", "unet2d_condition", "pixart", "flux", "sd3"]
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    model, inputs = tiny_models.tiny_unet2d() if name == "unet2d" else tiny_models.ARCHITECTURES[name]()
+    with torch.no_grad():  # diffusers zero-initializes some output layers; make every unit matter
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model.eval(), inputs
+
+
+def half_kept(groups, seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(g.count, generator=generator)[:max(g.min_kept, g.count // 2)].sort().values for g in groups]
+
+
+def binary(groups, kept) -> list[torch.Tensor]:
+    values = []
+    for group, keep in zip(groups, kept):
+        value = torch.zeros(group.count)
+        value[keep] = 1.0
+        values.append(value)
+    return values
+
+
+EXPECTED_KINDS = {"unet2d": {UnitKind.HEAD, UnitKind.CHANNELS},
+                  "unet2d_condition": {UnitKind.HEAD, UnitKind.NEURON, UnitKind.CHANNELS},
+                  "pixart": {UnitKind.HEAD, UnitKind.NEURON}, "flux": {UnitKind.HEAD, UnitKind.NEURON},
+                  "sd3": {UnitKind.HEAD, UnitKind.NEURON}}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_sliced_model_matches_the_gated_one_and_counts_its_parameters(name):
+    model, inputs = build(name)
+    groups = find_groups(model)
+    assert {g.kind for g in groups} == EXPECTED_KINDS[name]
+    kept = half_kept(groups)
+    with gated(model, column_masks(model, groups, binary(groups, kept))):
+        reference = tiny_models.run(model, inputs)
+    assert not torch.allclose(reference, tiny_models.run(model, inputs), atol=1e-3)  # the gates did something
+    pruned = copy.deepcopy(model)
+    structure = materialize(pruned, groups, kept)
+    assert torch.allclose(tiny_models.run(pruned, inputs), reference, atol=1e-5, rtol=1e-5)
+    removed = sum((g.count - k.numel()) * g.params_per_unit for g, k in zip(groups, kept))
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in pruned.parameters()) == removed
+    skeleton = type(model).from_config(model.config).to("meta")
+    apply_structure(skeleton, structure)
+    assert {k: v.shape for k, v in skeleton.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
+
+
+def test_flux_joint_and_single_stream_units():
+    model, _ = build("flux")
+    groups = {g.name: g for g in find_groups(model)}
+    joint = groups["transformer_blocks.0.attn"]
+    assert [s.module.rsplit(".", 1)[-1] for s in joint.producers] == ["to_q", "to_k", "to_v", "add_q_proj",
+                                                                      "add_k_proj", "add_v_proj"]
+    assert [s.module for s in joint.consumers] == ["transformer_blocks.0.attn.to_out.0",
+                                                   "transformer_blocks.0.attn.to_add_out"]
+    single_heads, single_mlp = groups["single_transformer_blocks.0.attn"], groups["single_transformer_blocks.0.proj_mlp"]
+    assert single_heads.consumers[0].module == single_mlp.consumers[0].module == "single_transformer_blocks.0.proj_out"
+    assert single_mlp.consumers[0].offset == single_heads.count * single_heads.width
+
+
+def test_gates_values_and_open_probabilities():
+    model, _ = build("unet2d")
+    gates = Gates(find_groups(model), init=3.0)
+    assert all(float(v.detach().min()) == 1.0 for v in gates.deterministic())  # stretched sigmoid(3) clamps to 1
+    with torch.no_grad():
+        gates.logits[0].fill_(-10.0)
+    assert float(gates.deterministic()[0].max()) == 0.0
+    assert float(gates.open_probability()[0].max()) < 1e-3 < float(gates.open_probability()[1].min())
+    samples = gates.sample(torch.Generator().manual_seed(0))
+    assert all(((v >= 0) & (v <= 1)).all() for v in samples)
+
+
+def test_budget_selection_meets_the_target_keeps_one_unit_and_refuses_the_unreachable():
+    model, _ = build("unet2d_condition")
+    groups = find_groups(model)
+    total = sum(p.numel() for p in model.parameters())
+    scores = [torch.arange(g.count, dtype=torch.float) for g in groups]
+    kept = select(groups, scores, total, PruneBudget(0.7))
+    removed = sum((g.count - k.numel()) * g.params_per_unit for g, k in zip(groups, kept))
+    assert removed >= 0.3 * total and removed - max(g.params_per_unit for g in groups) < 0.3 * total
+    assert all(k.numel() >= g.min_kept for g, k in zip(groups, kept)) and any(g.min_kept == 0 for g in groups)
+    assert all(k.tolist() == list(range(g.count - k.numel(), g.count)) for g, k in zip(groups, kept)
+               if k.numel() > 1)  # the highest scores stay
+    floor = smallest_reachable(groups, total, PruneBudget(0.5).cost)
+    with pytest.raises(InputError, match=f"smallest reachable is {floor:.3f}"):
+        select(groups, scores, total, PruneBudget(floor / 2))
+    with pytest.raises(InputError, match="no prunable unit"):
+        select([], [], 10, PruneBudget(0.5))
+
+
+def test_trajectory_gradient_is_the_same_with_timestep_checkpointing():
+    pipe = diffpress.checkpoint.load_pipeline("builtin:digits")
+    groups = find_groups(pipe.unet)
+    trajectory = Trajectory(steps=3)
+    gradients = []
+    for checkpointed in (True, False):
+        values = [torch.full((g.count,), 0.9, requires_grad=True) for g in groups]
+        with GateSite(pipe.unet, groups) as site:
+            site.set(values)
+            latent = final_latents(pipe, [3, 7], seed=0, trajectory=trajectory, grad=True,
+                                   checkpoint_steps=checkpointed)
+            latent.square().mean().backward()
+        gradients.append(torch.cat([v.grad for v in values]))
+    assert gradients[0].abs().sum() > 0
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-7)
+
+
+def test_prune_saves_a_checkpoint_that_loads_bit_exactly_everywhere_and_quantizes(tmp_path):
+    from diffpress.zoo.digits import DigitsPipeline
+
+    outcome = diffpress.prune("builtin:digits", 0.8, tmp_path / "p80", method="magnitude")
+    result = outcome.result
+    assert result.params_after <= 0.8 * result.params_before and result.macs_after < result.macs_before
+    noise = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    sample = lambda pipe: pipe([1, 2, 3], 4, noise=noise)
+    expected = sample(outcome.model)
+    assert torch.equal(sample(diffpress.load(tmp_path / "p80")), expected)
+    assert torch.equal(sample(DigitsPipeline.from_pretrained(tmp_path / "p80")), expected)
+    unet = diffpress.load(tmp_path / "p80").unet
+    assert sum(p.numel() for p in unet.parameters()) == result.params_after
+    compressed = diffpress.compress(tmp_path / "p80", "w8a16-int8", tmp_path / "p80-int8")
+    reloaded = diffpress.load(compressed.out)
+    assert type(reloaded.unet.down_blocks[0].resnets[0].conv1).__name__ == "QuantConv2d"
+    assert reloaded.unet.down_blocks[0].resnets[0].conv1.kernel_shape[0] == unet.down_blocks[0].resnets[0].conv1.out_channels
+    assert torch.equal(sample(DigitsPipeline.from_pretrained(compressed.out)), sample(reloaded))
+
+
+def test_a_recipe_prunes_then_quantizes_in_one_run(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("prune: [{target_params: 0.85, method: random}]\n"
+                      "default: {weight_format: int8, granularity: per_channel}\n")
+    result = diffpress.compress("builtin:digits", recipe, tmp_path / "out")
+    assert result.pruned[0].params_after <= 0.85 * result.pruned[0].params_before
+    loaded = diffpress.load(tmp_path / "out")
+    assert sum(p.numel() for p in loaded.unet.parameters()) < result.pruned[0].params_before
+    assert "prune:" in (tmp_path / "out" / "recipe.yaml").read_text()
+
+
+def test_learned_mask_moves_the_gates_toward_the_budget(tmp_path):
+    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, warmup=0.1)
+    outcome = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn)
+    learned = outcome.result.learned
+    assert len(learned.losses) == 6 and all(torch.isfinite(torch.tensor(learned.losses)))
+    assert learned.kept_fraction[-1] < learned.kept_fraction[0]
+    assert outcome.result.params_after <= 0.7 * outcome.result.params_before
+
+
+def test_an_interrupted_prune_leaves_no_output(tmp_path, monkeypatch):
+    import diffpress.io
+
+    def interrupted(*args, **kwargs):  # the weights are written; the run stops before publishing them
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diffpress.io, "write_manifest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        diffpress.prune("builtin:digits", 0.8, tmp_path / "p", method="magnitude")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_without_prunable_units_says_so():
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+    assert find_groups(Plain()) == []
+    with pytest.raises(InputError, match="already pruned"):
+        model, _ = build("unet2d")
+        model.diffpress_structure = {"version": 1, "groups": {}}
+        from diffpress.pruning import prune_denoiser
+
+        prune_denoiser(model, PruneStage(0.8, method="magnitude"))
+
+
+def test_inspect_lists_prunable_units_without_weights(capsys):
+    from diffpress.cli.main import main
+
+    assert main(["inspect", "builtin:digits", "--prunable"]) == 0
+    out = capsys.readouterr().out
+    assert "mid_block.attentions.0" in out and "channel-groups" in out and "prunable groups" in out
+
+
+def test_a_fully_pruned_feed_forward_passes_the_residual_and_quantizes_around_it():
+    model, inputs = build("pixart")
+    groups = find_groups(model)
+    emptied = next(g for g in groups if g.kind is UnitKind.NEURON)
+    kept = [torch.arange(0) if g is emptied else torch.arange(g.count) for g in groups]
+    with gated(model, column_masks(model, groups, binary(groups, kept))):
+        reference = tiny_models.run(model, inputs)
+    materialize(model, groups, kept)
+    assert model.get_submodule(emptied.consumers[0].module).in_features == 0
+    assert torch.allclose(tiny_models.run(model, inputs), reference, atol=1e-5, rtol=1e-5)
+    from diffpress.compression.surgery import compressible_layers
+
+    assert emptied.consumers[0].module not in dict(compressible_layers(model))
+    diffpress.quantize_(model, diffpress.QuantSpec("int8", "per_channel"))
+    assert torch.isfinite(tiny_models.run(model, inputs)).all()
