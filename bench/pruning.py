@@ -69,12 +69,20 @@ def prune_rows(args, settings, reference, calibration) -> list[dict]:
     return rows
 
 
+def builtin_items(model: str) -> CalibrationOptions:
+    """Calibration on the built-in's own labels or prompts (a pruned copy on disk is no longer builtin:NAME)."""
+    from diffpress.zoo import builtin
+
+    entry = builtin(model)
+    return CalibrationOptions(labels=entry.calibration_labels, prompts=entry.calibration_prompts)
+
+
 def combined_rows(args, settings, reference, scratch: Path) -> list[dict]:
     pruned = scratch / "pruned"
     diffpress.prune(args.model, 0.8, pruned, learn={"iterations": args.iterations}, steps=args.learn_steps)
     rows = []
     for preset in ("w8a8-int8", "w4a8-int"):
-        both = diffpress.compress(pruned, preset, scratch / f"pruned-{preset}")
+        both = diffpress.compress(pruned, preset, scratch / f"pruned-{preset}", calibration=builtin_items(args.model))
         alone = diffpress.compress(args.model, preset, scratch / preset)
         budget = diffpress.MixedPrecision(diffpress.Budget(max_bytes=_allocated_bytes(both.out)),
                                           candidates=("w8a8-int8", "w4a8-int"), image_layers=0)
@@ -106,6 +114,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="mask-learning iterations")
     parser.add_argument("--learn-steps", type=int, default=None, help="trajectory steps (default: the model's)")
     parser.add_argument("--combined", action="store_true", help="also pruned 20%% + quantization")
+    parser.add_argument("--no-rows", action="store_true",
+                        help="keep the rows of the existing result file; only measure --combined")
     args = parser.parse_args()
     torch.manual_seed(0)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -114,20 +124,23 @@ def main() -> None:
     metrics = reference.metrics
     float_row = {"method": "float", "accuracy": metrics.classifier_accuracy,
                  "frechet": round(metrics.frechet_distance, 3), "seconds_per_step": round(metrics.seconds / settings.steps, 4)}
-    calibration = calibration_for(args.model) if {"taylor", "activation"} & set(args.methods) else None
-    rows = prune_rows(args, settings, reference, calibration)
-    combined = []
-    if args.combined:
-        with tempfile.TemporaryDirectory() as scratch:
-            combined = combined_rows(args, settings, reference, Path(scratch))
-    name = args.model.split(":")[-1]
+    out = Path(__file__).parent / "results" / f"pruning-{args.model.split(':')[-1]}.json"
     result = {"benchmark": "pruning", "model": args.model, "date": date.today().isoformat(), "commit": commit,
               "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "command": "python bench/pruning.py " + " ".join(__import__("sys").argv[1:]),
               "eval": {"num_samples": settings.num_samples, "steps": settings.steps,
                        "guidance_scale": settings.guidance_scale, "seed": settings.seed},
-              "float": float_row, "rows": rows, "combined": combined}
-    out = Path(__file__).parent / "results" / f"pruning-{name}.json"
+              "float": float_row, "rows": [], "combined": []}
+    if args.no_rows:
+        previous = json.loads(out.read_text())
+        result.update(rows=previous["rows"], rows_command=previous.get("rows_command", previous["command"]))
+    else:
+        calibration = calibration_for(args.model) if {"taylor", "activation"} & set(args.methods) else None
+        result["rows"] = prune_rows(args, settings, reference, calibration)
+        out.write_text(json.dumps(result, indent=1) + "\n")  # kept even if the combined part fails
+    if args.combined:
+        with tempfile.TemporaryDirectory() as scratch:
+            result["combined"] = combined_rows(args, settings, reference, Path(scratch))
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 

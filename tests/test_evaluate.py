@@ -27,7 +27,7 @@ def test_builtin_digits_is_small_and_real():
     weights = load_file(path / "unet" / "diffusion_pytorch_model.safetensors")
     parameters = sum(t.numel() for t in weights.values())
     assert 1_000_000 <= parameters <= 10_000_000
-    assert [name for name, _ in list_builtins()] == ["builtin:digits"]
+    assert [name for name, _ in list_builtins()] == ["builtin:digits", "builtin:digits-flux"]
 
 
 def test_reference_samples_are_the_requested_digits():

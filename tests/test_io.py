@@ -136,5 +136,5 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
 
 def test_saving_an_unquantized_model_is_refused(tmp_path):
     model, _ = tiny_models.build("pixart")
-    with pytest.raises(InputError, match="no quantized layers"):
+    with pytest.raises(InputError, match="neither quantized nor pruned"):
         diffpress.save(model, tmp_path / "out")

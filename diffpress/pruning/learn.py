@@ -67,7 +67,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
                 index = iteration % len(batches)
                 site.set(gates.sample(generator))
                 latent = final_latents(pipe, batches[index][0], batches[index][1], trajectory, grad=True,
-                                       checkpoint_steps=options.checkpoint_steps)
+                                       site=site, checkpoint_steps=options.checkpoint_steps)
                 mse = (latent.float() - targets[index].float()).square().mean() / power[index]
                 fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
                 weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))

@@ -1,34 +1,102 @@
 """The sampling trajectory as a differentiable function of the gates, for any diffusers-style pipeline.
 
 The pipeline's own `__call__` runs (no forked pipeline): its `torch.no_grad` decorator is stepped
-around (`__wrapped__`), and with `checkpoint_steps` every denoiser call runs under non-reentrant
-activation checkpointing. That is timestep gradient checkpointing (EcoDiff's memory trick, generic):
-the forward keeps only each step's inputs (the T latents; the prompt embeddings are shared), and the
-backward recomputes one denoiser step at a time, so peak memory is one step's graph plus T latents
-instead of T graphs. Without it (`checkpoint_steps=False`) memory grows with the number of steps.
+around (`__wrapped__`), and with `checkpoint_steps` every denoiser call becomes one autograd node
+(`_DenoiserStep`): its forward runs the denoiser under no_grad and keeps only the call's input
+tensors and the gate masks; its backward recomputes that one step with grad and returns the
+gradients of the step's inputs and of the masks. That is timestep gradient checkpointing (EcoDiff's
+memory trick, generic): peak memory is one step's graph plus the T step inputs, instead of T graphs.
+Without it (`checkpoint_steps=False`) memory grows with the number of steps.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
 from ..calibration.collector import find_denoiser
+from ..compression.sensitivity.output_metric import output_tensor
+from .gates import GateSite
+
+
+class _DenoiserStep(torch.autograd.Function):
+    """One denoiser call as one node: `run(*tensors)` -> output tensor, recomputed with grad in backward."""
+
+    @staticmethod
+    def forward(ctx, run, *tensors):
+        ctx.run = run
+        ctx.save_for_backward(*tensors)
+        with torch.no_grad():
+            return run(*tensors)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        tensors = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            output = ctx.run(*tensors)
+        wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
+        grads = torch.autograd.grad(output, [tensors[i] for i in wanted], grad_output, allow_unused=True)
+        result = [None] * len(tensors)
+        for i, grad in zip(wanted, grads):
+            result[i] = grad
+        return (None, *result)
+
+
+def _tensor_slots(args: tuple, kwargs: dict) -> list:
+    return [("arg", i) for i, a in enumerate(args) if isinstance(a, torch.Tensor)] + \
+        [("kw", k) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+
+
+def _rebuilt(args: tuple, kwargs: dict, slots: list, tensors) -> tuple[list, dict]:
+    args, kwargs = list(args), dict(kwargs)
+    for (where, key), tensor in zip(slots, tensors):
+        if where == "arg":
+            args[key] = tensor
+        else:
+            kwargs[key] = tensor
+    return args, kwargs
+
+
+def _rewrapped(output, tensor: torch.Tensor):
+    """The denoiser's return value with its predicted tensor replaced."""
+    if isinstance(output, torch.Tensor):
+        return tensor
+    if isinstance(output, tuple):
+        return (tensor, *output[1:])
+    first = dataclasses.fields(output)[0].name
+    return dataclasses.replace(output, **{first: tensor})
 
 
 @contextlib.contextmanager
-def checkpointed_calls(denoiser: nn.Module) -> Iterator[None]:
-    """Every call of `denoiser` inside the block is activation-checkpointed (recomputed in backward)."""
+def stepwise_calls(denoiser: nn.Module, site: GateSite) -> Iterator[None]:
+    """Every call of `denoiser` inside the block is one `_DenoiserStep` node, differentiable with respect to its
+    tensor inputs and to the masks `site` applies."""
     had_own = "forward" in denoiser.__dict__
     original = denoiser.forward
 
     def forward(*args, **kwargs):
-        return checkpoint(original, *args, use_reentrant=False, **kwargs)
+        slots = _tensor_slots(args, kwargs)
+        inputs = [args[key] if where == "arg" else kwargs[key] for where, key in slots]
+        names = list(site.masks)
+        shape = {}
+
+        def run(*tensors):
+            saved = site.masks
+            site.masks = dict(zip(names, tensors[len(slots):]))
+            try:
+                call_args, call_kwargs = _rebuilt(args, kwargs, slots, tensors[:len(slots)])
+                output = original(*call_args, **call_kwargs)
+            finally:
+                site.masks = saved
+            shape["output"] = output
+            return output_tensor(output)
+
+        predicted = _DenoiserStep.apply(run, *inputs, *[site.masks[n] for n in names])
+        return _rewrapped(shape["output"], predicted)
 
     denoiser.forward = forward
     try:
@@ -83,9 +151,10 @@ class Trajectory:
 
 
 def final_latents(pipe, items: Sequence, seed: int, trajectory: Trajectory, *, grad: bool = False,
-                  checkpoint_steps: bool = True) -> torch.Tensor:
+                  site: GateSite | None = None, checkpoint_steps: bool = True) -> torch.Tensor:
     """The pipeline's final latent (or image, for pipelines without a latent output) for `items` from the
-    noise of `seed`; with `grad`, differentiable with respect to anything the denoiser's hooks use."""
+    noise of `seed`; with `grad`, differentiable with respect to the masks of `site` (stepwise, one node per
+    denoiser call, when `checkpoint_steps`; else through every step's whole graph)."""
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     kwargs = trajectory.kwargs(pipe, items, torch.Generator().manual_seed(seed))
@@ -93,6 +162,6 @@ def final_latents(pipe, items: Sequence, seed: int, trajectory: Trajectory, *, g
         with torch.no_grad():
             return _final(pipe(**kwargs)).detach()
     denoiser = find_denoiser(pipe)
-    steps = checkpointed_calls(denoiser) if checkpoint_steps else contextlib.nullcontext()
+    steps = stepwise_calls(denoiser, site) if checkpoint_steps and site is not None else contextlib.nullcontext()
     with torch.enable_grad(), steps:
         return _final(_unwrapped_call(pipe)(pipe, **kwargs))
