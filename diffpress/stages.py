@@ -9,7 +9,7 @@ quantized twice).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -98,10 +98,7 @@ def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bo
     if stage.method in NEEDS_CALIBRATION or pipe is None:
         calibration_set = subject.calibration_set(calibration, progress)
     steps, guidance = subject.sampling_defaults
-    stage_guidance = stage.guidance_scale if stage.guidance_scale is not None else guidance
-    if stage_guidance != stage.guidance_scale:
-        from dataclasses import replace
-
-        stage = replace(stage, guidance_scale=stage_guidance)
+    if stage.guidance_scale is None:
+        stage = replace(stage, guidance_scale=guidance)
     return prune_denoiser(subject.denoiser, stage, pipe=pipe, items=subject.items(options),
                           calibration=calibration_set, default_steps=steps or options.steps, progress=progress)

@@ -56,10 +56,6 @@ def record_positions(model: nn.Module, one_call: Callable[[nn.Module], object]) 
     return positions
 
 
-def _layer_macs(layer: nn.Module, positions: float) -> float:
-    return layer.weight.numel() * positions
-
-
 def _tokens(attention_fqn: str, names: tuple[str, ...], positions: dict[str, float]) -> float:
     return sum(positions.get(f"{attention_fqn}.{name}", 0.0) for name in names)
 
@@ -75,7 +71,7 @@ def count_macs(model: nn.Module, positions: dict[str, float]) -> float:
     total = 0.0
     for fqn, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)) and fqn in positions:
-            total += _layer_macs(module, positions[fqn])
+            total += module.weight.numel() * positions[fqn]
         elif _is_attention(module):
             total += attention_core_macs_per_channel(fqn, positions) * module.to_q.out_features
     return total

@@ -21,7 +21,7 @@ so the block's residual passes through; attentions keep at least one head, ResNe
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -53,14 +53,10 @@ class PruneGroup:
     macs_per_unit: float = 0.0  # per denoiser call and sample, once measured (`macs.py`)
     min_kept: int = 1  # feed-forward groups may lose every neuron (the layer then adds its output bias only)
     attention: str | None = None  # the attention module whose head count changes
-    extra: dict = field(default_factory=dict)
 
     @property
     def params(self) -> int:
         return self.count * self.params_per_unit
-
-    def label(self) -> str:
-        return f"{self.name} ({self.count} {self.kind.value}s)"
 
 
 def _linear(module) -> bool:
