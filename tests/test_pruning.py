@@ -129,6 +129,36 @@ def test_trajectory_gradient_is_the_same_with_timestep_checkpointing():
     assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-7)
 
 
+def test_a_recomputed_step_frees_its_graph_after_backward():
+    """Stepwise checkpointing keeps only the step inputs: nothing saved by a step's recomputation in backward may
+    live on while the sampled latent (and so the outer graph) does, or memory grows with the number of steps."""
+    import gc
+    import weakref
+
+    pipe = diffpress.checkpoint.load_pipeline("builtin:digits")
+    groups = find_groups(pipe.unet)
+    values = [torch.full((g.count,), 0.9, requires_grad=True) for g in groups]
+    in_backward, alive = [False], []
+    weights = {p.data_ptr() for p in pipe.unet.parameters()}
+    pipe.unet.requires_grad_(False)  # as mask learning runs it: only the gates train
+
+    def pack(tensor):
+        if in_backward[0] and tensor.data_ptr() not in weights:
+            alive.append(weakref.ref(tensor))
+        return tensor
+
+    with GateSite(pipe.unet, groups) as site, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        site.set(values)
+        latent = final_latents(pipe, [3, 7], seed=0, trajectory=Trajectory(steps=3), grad=True, site=site)
+        loss = latent.square().mean()
+        in_backward[0] = True
+        loss.backward()
+    gc.collect()
+    assert alive, "the backward recomputed no step"
+    assert latent.grad_fn is not None
+    assert sum(ref() is not None for ref in alive) == 0
+
+
 def test_prune_saves_a_checkpoint_that_loads_bit_exactly_everywhere_and_quantizes(tmp_path):
     from diffpress.zoo.digits import DigitsPipeline
 

@@ -36,8 +36,9 @@ class _DenoiserStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         tensors = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        run, ctx.run = ctx.run, None  # the recomputed graph must not outlive this backward
         with torch.enable_grad():
-            output = ctx.run(*tensors)
+            output = run(*tensors)
         wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
         grads = torch.autograd.grad(output, [tensors[i] for i in wanted], grad_output, allow_unused=True)
         result = [None] * len(tensors)
@@ -82,7 +83,7 @@ def stepwise_calls(denoiser: nn.Module, site: GateSite) -> Iterator[None]:
         slots = _tensor_slots(args, kwargs)
         inputs = [args[key] if where == "arg" else kwargs[key] for where, key in slots]
         names = list(site.masks)
-        shape = {}
+        first = {}
 
         def run(*tensors):
             saved = site.masks
@@ -92,11 +93,11 @@ def stepwise_calls(denoiser: nn.Module, site: GateSite) -> Iterator[None]:
                 output = original(*call_args, **call_kwargs)
             finally:
                 site.masks = saved
-            shape["output"] = output
+            first.setdefault("output", output)  # the no-grad forward's; never the recomputed (graph-holding) one
             return output_tensor(output)
 
         predicted = _DenoiserStep.apply(run, *inputs, *[site.masks[n] for n in names])
-        return _rewrapped(shape["output"], predicted)
+        return _rewrapped(first["output"], predicted)
 
     denoiser.forward = forward
     try:
