@@ -96,6 +96,17 @@ def combined_rows(args, settings, reference, scratch: Path) -> list[dict]:
     return rows
 
 
+def merged(previous: dict, result: dict, args) -> list[dict]:
+    """The previous file's rows of other (method, target) pairs, each tagged with the command and commit that
+    measured it, then the new rows."""
+    new = {(row["method"], row["target_params"]) for row in result["rows"]}
+    kept = [{"measured_by": previous.get("command"), "commit": previous.get("commit"), **row}
+            if "measured_by" not in row else row for row in previous["rows"]
+            if (row["method"], row["target_params"]) not in new]
+    tagged = [{"measured_by": result["command"], "commit": result["commit"], **row} for row in result["rows"]]
+    return kept + tagged
+
+
 def _allocated_bytes(directory: Path) -> int:
     """Bytes of the quantized layers' stored weights (codes + scales): what a mixed-precision max_bytes counts."""
     pipe = io.load(directory)
@@ -114,6 +125,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="mask-learning iterations")
     parser.add_argument("--learn-steps", type=int, default=None, help="trajectory steps (default: the model's)")
     parser.add_argument("--combined", action="store_true", help="also pruned 20%% + quantization")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the existing result file's rows of other (method, target) pairs")
     parser.add_argument("--no-rows", action="store_true",
                         help="keep the rows of the existing result file; only measure --combined")
     args = parser.parse_args()
@@ -137,6 +150,8 @@ def main() -> None:
     else:
         calibration = calibration_for(args.model) if {"taylor", "activation"} & set(args.methods) else None
         result["rows"] = prune_rows(args, settings, reference, calibration)
+        if args.merge and out.exists():
+            result["rows"] = merged(json.loads(out.read_text()), result, args)
         out.write_text(json.dumps(result, indent=1) + "\n")  # kept even if the combined part fails
     if args.combined:
         with tempfile.TemporaryDirectory() as scratch:
