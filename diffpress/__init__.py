@@ -26,6 +26,7 @@ _EXPORTS = {
     "evaluate": "diffpress.api",
     "inspect": "diffpress.api",
     "prunable_units": "diffpress.api",
+    "removable_blocks": "diffpress.api",
     "models": "diffpress.api",
     "save": "diffpress.io",
     "load": "diffpress.io",

@@ -23,15 +23,16 @@ from .metrics import state_bytes
 from .plan import MIXED, Budget, MixedPrecision, Plan, as_plan
 from .presets import PRESETS, SensitivityMethods, candidate
 from .calibration.strategies import StrategyName
-from .prune_stage import Cost, LearnOptions, Method, PruneStage, Scope
+from .prune_stage import Cost, LearnOptions, Method, PruneStage, Scope, Unit
 from .stages import image_probe_for, latency_table, measure, mixed_recipe, prune_subject
 from .subject import Calibration, Subject
 
 # Types and tables the CLI builds its options from, so that it imports this module only:
 # MIXED, PRESETS, Budget, MixedPrecision, SensitivityMethods, SensitivityOptions, StrategyName, candidate,
-# Cost, LearnOptions, Method, Scope (and PruneStage).
+# Cost, LearnOptions, Method, Scope, Unit (and PruneStage).
 
 __all__ = ["calibrate", "sensitivity", "allocate", "prune", "compress", "evaluate", "inspect", "prunable_units",
+           "removable_blocks",
            "models", "save", "load"]
 
 
@@ -137,24 +138,34 @@ class PruneOutcome:
 
 
 def prune(model, target_params: float | None = None, out: str | Path | None = None, *,
-          target_macs: float | None = None, method: str = "learned", scope: str = "global",
-          steps: int | None = None, guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
+          target_macs: float | None = None, target_latency: float | None = None, remove_blocks: int | None = None,
+          unit: str | None = None, method: str | None = None, scope: str = "global", steps: int | None = None,
+          guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
           calibration: Calibration = CalibrationOptions(), seed: int = 0, overwrite: bool = False,
           progress: bool = False) -> PruneOutcome:
-    """Remove attention heads, feed-forward neurons and ResNet channel groups from MODEL's denoiser.
+    """Remove attention heads, feed-forward neurons and ResNet channel groups (unit width), or whole blocks
+    (unit blocks), from MODEL's denoiser.
 
     Keep `target_params` of the denoiser's parameters, or `target_macs` of its multiply-accumulates per
-    call. method: learned (a gate mask fitted to the float model's sampling trajectory, on
-    calibration.prompts/labels or the built-in's), taylor, activation (both read a calibration set),
-    magnitude or random. steps / guidance_scale: the trajectory the mask is fitted on (default: the
-    model's sampling defaults). out: save a diffusers-format directory there (atomically; it loads
-    with diffpress.load and from_pretrained, and can be quantized with compress).
+    call (blocks also: `target_latency`, of its measured seconds per call), or remove `remove_blocks`
+    blocks. method, width: learned (default; a gate mask fitted to the float model's sampling trajectory,
+    on calibration.prompts/labels or the built-in's), taylor, activation (both read a calibration set),
+    magnitude or random; blocks: oneshot (default; least summed single-removal loss on replayed
+    calibration calls) or random. remove_blocks or method oneshot imply unit blocks. steps /
+    guidance_scale: the trajectory the mask is fitted on (default: the model's sampling defaults).
+    out: save a diffusers-format directory there (atomically; it loads with diffpress.load and
+    from_pretrained, and can be quantized with compress).
     """
-    if (target_params is None) == (target_macs is None):
-        raise InputError("give exactly one of target_params and target_macs", "target_params")
-    stage = PruneStage(target_params if target_params is not None else target_macs,
-                       Cost.PARAMS if target_params is not None else Cost.MACS, method, scope, steps, guidance_scale,
-                       learn if learn is not None else LearnOptions(), seed)
+    given = [(value, cost) for value, cost in ((target_params, Cost.PARAMS), (target_macs, Cost.MACS),
+                                               (target_latency, Cost.LATENCY), (remove_blocks, None))
+             if value is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one of target_params, target_macs, target_latency and remove_blocks",
+                         "target_params")
+    target, cost = given[0]
+    stage = PruneStage(None if cost is None else target, cost or Cost.PARAMS, method, scope, steps, guidance_scale,
+                       learn if learn is not None else LearnOptions(), seed, unit,
+                       remove_blocks=target if cost is None else None)
     subject = Subject.open(model)
     if out is not None:
         check_output(Path(out), overwrite, (subject.root,) if subject.root else ())
@@ -301,6 +312,26 @@ def prunable_units(model: str | Path) -> list:
     from .pruning import find_groups
 
     return find_groups(checkpoints.build_on_meta(checkpoints.resolve(model)))
+
+
+def removable_blocks(model: str | Path, calibration: Calibration | None = None,
+                     progress: bool = False) -> tuple[list, list[float] | None]:
+    """The blocks depth pruning can remove from MODEL's denoiser (diffpress.pruning.Block: name, kind,
+    parameters, what a pass-through returns), found on one real denoiser call, so the weights are read; with
+    `calibration` (options, a set or a saved file), also each block's single-removal loss."""
+    from .pruning.blocks import find_blocks
+    from .pruning.depth import removal_losses
+    from .pruning.prune import one_call
+
+    subject = Subject.open(model)
+    pipe = subject.pipeline("finding removable blocks") if subject.has_pipeline else None
+    options = calibration if isinstance(calibration, CalibrationOptions) else CalibrationOptions()
+    calibration_set = subject.calibration_set(calibration, progress) if calibration is not None or pipe is None \
+        else None
+    blocks = find_blocks(subject.denoiser, one_call(pipe, subject.items(options), calibration_set))
+    losses = removal_losses(subject.denoiser, blocks, calibration_set, progress=progress) \
+        if calibration is not None else None
+    return blocks, losses
 
 
 def models() -> list[tuple[str, str]]:

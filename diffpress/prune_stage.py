@@ -3,10 +3,16 @@
     prune:
       - {target_params: 0.8, method: learned, steps: 20, learn: {iterations: 100}}
 
-target_params / target_macs: the fraction of the denoiser's parameters, or of its multiply-accumulates
-per call, to keep. method: how units are ranked (a mask learned on the sampling trajectory, or a
-one-shot baseline). scope: global (rank units model-wide) or per_layer (the same fraction of
-every group).
+    prune:
+      - {remove_blocks: 3, method: oneshot}          # depth: whole blocks
+
+target_params / target_macs (/ target_latency, blocks only): the fraction of the denoiser's
+parameters, multiply-accumulates per call (or measured seconds per call) to keep. unit: width
+(attention heads, feed-forward neurons, ResNet channel groups) or blocks (whole transformer blocks,
+ResNets, attention blocks); remove_blocks N or method oneshot mean blocks. method: how units are
+ranked: for width a mask learned on the sampling trajectory or a one-shot baseline (taylor,
+activation, magnitude, random); for blocks the single-removal loss (oneshot) or random. scope:
+global (rank units model-wide) or per_layer (the same fraction of every group; width only).
 """
 from __future__ import annotations
 
@@ -22,14 +28,25 @@ class Method(str, enum.Enum):
     MAGNITUDE = "magnitude"
     ACTIVATION = "activation"
     RANDOM = "random"
+    ONESHOT = "oneshot"
 
 
-NEEDS_CALIBRATION = frozenset({Method.TAYLOR, Method.ACTIVATION})
+NEEDS_CALIBRATION = frozenset({Method.TAYLOR, Method.ACTIVATION, Method.ONESHOT})
+
+
+class Unit(str, enum.Enum):
+    WIDTH = "width"  # attention heads, feed-forward neurons, ResNet channel groups
+    BLOCKS = "blocks"  # whole blocks (depth)
+
+
+METHODS = {Unit.WIDTH: (Method.LEARNED, Method.TAYLOR, Method.MAGNITUDE, Method.ACTIVATION, Method.RANDOM),
+           Unit.BLOCKS: (Method.ONESHOT, Method.RANDOM)}
 
 
 class Cost(str, enum.Enum):
     PARAMS = "params"
     MACS = "macs"
+    LATENCY = "latency"  # measured CPU seconds per call (blocks only)
 
 
 class Scope(str, enum.Enum):
@@ -86,24 +103,30 @@ class PruneStage:
     by `method`. steps / guidance_scale: the sampling trajectory the learned mask is fitted on (default: the
     model's evaluation settings). learn: the mask-learning settings."""
 
-    target: float
+    target: float | None
     cost: Cost = Cost.PARAMS
-    method: Method = Method.LEARNED
+    method: Method | None = None  # default: learned for width, oneshot for blocks
     scope: Scope = Scope.GLOBAL
     steps: int | None = None
     guidance_scale: float | None = None
     learn: LearnOptions = field(default_factory=LearnOptions)
     seed: int = 0
+    unit: Unit | None = None  # default: blocks when remove_blocks is given or the method is oneshot, else width
+    remove_blocks: int | None = None
 
     def __post_init__(self) -> None:
-        for name, kind in (("cost", Cost), ("method", Method), ("scope", Scope)):
+        for name, kind in (("cost", Cost), ("method", Method), ("scope", Scope), ("unit", Unit)):
             value = getattr(self, name)
+            if value is None and name in ("method", "unit"):
+                continue
             try:
                 object.__setattr__(self, name, kind(value))
             except ValueError:
                 allowed = ", ".join(k.value for k in kind)
                 raise InputError(f"prune {name} {value!r} is not one of: {allowed}", name) from None
-        check_target(self.target, self.cost)
+        self._resolve_unit()
+        if self.remove_blocks is None:
+            check_target(self.target, self.cost)
         if self.steps is not None:
             require_int(self.steps, "steps", 1)
         if isinstance(self.learn, dict):
@@ -111,8 +134,30 @@ class PruneStage:
         if not isinstance(self.learn, LearnOptions):
             raise InputError(f"learn must be LearnOptions or a mapping, got {type(self.learn).__name__}", "learn")
 
+    def _resolve_unit(self) -> None:
+        unit = self.unit
+        if unit is None:
+            blocks = self.remove_blocks is not None or self.method is Method.ONESHOT or self.cost is Cost.LATENCY
+            unit = Unit.BLOCKS if blocks else Unit.WIDTH
+        object.__setattr__(self, "unit", unit)
+        if self.method is None:
+            object.__setattr__(self, "method", METHODS[unit][0])
+        if self.method not in METHODS[unit]:
+            allowed = ", ".join(m.value for m in METHODS[unit])
+            raise InputError(f"prune method {self.method.value!r} does not prune {unit.value}; for {unit.value}: "
+                             f"{allowed}", "method")
+        if unit is Unit.WIDTH and (self.remove_blocks is not None or self.cost is Cost.LATENCY):
+            raise InputError("remove_blocks and target_latency prune whole blocks; they need unit blocks",
+                             "remove_blocks" if self.remove_blocks is not None else "target_latency")
+        if self.remove_blocks is not None:
+            require_int(self.remove_blocks, "remove_blocks", 1)
+            if self.target is not None:
+                raise InputError("give remove_blocks or a target fraction, not both", "remove_blocks")
+
     def to_dict(self) -> dict:
-        data = {"target_" + self.cost.value: self.target, "method": self.method.value, "scope": self.scope.value}
+        data = {"target_" + self.cost.value: self.target} if self.remove_blocks is None else \
+            {"remove_blocks": self.remove_blocks}
+        data.update({"unit": self.unit.value, "method": self.method.value, "scope": self.scope.value})
         if self.steps is not None:
             data["steps"] = self.steps
         if self.guidance_scale is not None:
@@ -125,15 +170,18 @@ class PruneStage:
     def from_dict(cls, data, where: str = "prune stage") -> "PruneStage":
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a mapping (target_params or target_macs, method, ...), got {data!r}")
-        allowed = {"target_params", "target_macs", "method", "scope", "steps", "guidance_scale", "learn", "seed"}
+        allowed = {"target_params", "target_macs", "target_latency", "remove_blocks", "unit", "method", "scope",
+                   "steps", "guidance_scale", "learn", "seed"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
-        targets = [k for k in ("target_params", "target_macs") if k in data]
+        targets = [k for k in ("target_params", "target_macs", "target_latency", "remove_blocks") if k in data]
         if len(targets) != 1:
-            raise InputError(f"{where}: give exactly one of target_params, target_macs")
+            raise InputError(f"{where}: give exactly one of target_params, target_macs, target_latency, remove_blocks")
         rest = {k: v for k, v in data.items() if k not in targets}
         try:
+            if targets[0] == "remove_blocks":
+                return cls(None, remove_blocks=data["remove_blocks"], **rest)
             return cls(data[targets[0]], Cost(targets[0].removeprefix("target_")), **rest)
         except InputError as error:
             raise InputError(f"{where}: {error}", error.option) from None

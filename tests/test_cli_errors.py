@@ -165,6 +165,15 @@ CASES = [
     (["prune", "{f}/unet", "--out", "{o}/p", "--target-params", "0.8"], ["unet", "needs a pipeline", "--method taylor"]),
     (["prune", "{f}/unet", "--out", "{o}/p", "--target-params", "0.8", "--method", "taylor"],
      ["--calibration FILE", "bare denoiser"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "0"], ["--remove-blocks", "'0'", ">= 1"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "11", "--method", "random"],
+     ["--remove-blocks", "between 1 and 10", "11 removable blocks"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-latency", "x"], ["--target-latency", "'x'", "number"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--unit", "deep"], ["--unit", "'deep'", "blocks"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--unit", "width", "--method", "oneshot"],
+     ["--method", "'oneshot'", "does not prune width", "learned"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--method", "taylor"],
+     ["--method", "'taylor'", "does not prune blocks", "oneshot"]),
     # inspect
     (["inspect", DIGITS], ["--preset", "--recipe", "--prunable"]),
     (["inspect", DIGITS, "--preset", "mixed"], ["--preset", "'mixed'", "w8a16-int8"]),
@@ -190,9 +199,10 @@ SHARED = [(["--calib-prompts", "{f}/missing.txt"], ["--calib-prompts", "no such 
           (["--image-steps", "zero"], ["--image-steps", "'zero'", "integer"])]
 HEADS = {"compress": ["compress", DIGITS, "--out", "{o}/out", "--preset", "w4a8-int"],
          "prune": ["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--method", "taylor"],
-         "sensitivity": ["sensitivity", DIGITS, "--out", "{o}/r"]}
+         "sensitivity": ["sensitivity", DIGITS, "--out", "{o}/r"],
+         "inspect": ["inspect", DIGITS, "--blocks", "--losses"]}
 CASES += [(HEADS[command] + tail, expected) for command in HEADS for tail, expected in SHARED
-          if not (command in ("compress", "prune") and tail[0].startswith("--image"))]
+          if not (command in ("compress", "prune", "inspect") and tail[0].startswith("--image"))]
 CASES += [(["compress", DIGITS, "--out", "{o}/out", "--preset", "mixed", "--avg-bits", "5"] + tail, expected)
           for tail, expected in SHARED if tail[0].startswith("--image")]
 

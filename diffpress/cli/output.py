@@ -27,11 +27,23 @@ def print_compression(result, plan_label: str) -> None:
 def print_pruning(outcome) -> None:
     result = outcome.result
     stage = result.stage
-    print(f"pruned ({stage.method.value}, {stage.scope.value}, keep {stage.target:g} of the {stage.cost.value}):")
-    for name, kind, kept, count in result.rows():
+    budget = (f"remove {stage.remove_blocks} blocks" if stage.remove_blocks is not None
+              else f"keep {stage.target:g} of the {stage.cost.value}")
+    print(f"pruned ({stage.unit.value}, {stage.method.value}, {budget}):")
+    if result.blocks:
+        losses = result.losses or [None] * len(result.blocks)
+        removed = set(result.removed)
+        for block, loss in zip(result.blocks, losses):
+            status = "removed" if block.name in removed else "kept"
+            score = "" if loss is None else f"  single-removal loss {loss:.4g}"
+            print(f"  {block.name:<40} {block.kind:<28} {block.params:>11,} params  {status}{score}")
+        if result.additivity is not None:
+            print(f"additivity of single-removal losses over {len(result.additivity.sizes)} random sets: "
+                  f"Pearson {result.additivity.pearson:.3f}, Spearman {result.additivity.spearman:.3f}")
+    for name, kind, kept, count in result.rows() if not result.blocks else []:
         print(f"  {name:<50} {kept:>5} of {count:<5} {kind}s")
     untouched = len(result.groups) - len(result.rows())
-    if untouched:
+    if untouched > 0:
         print(f"  ({untouched} prunable groups kept whole)")
     print(f"parameters: {result.params_before:,} -> {result.params_after:,} "
           f"({result.params_after / result.params_before:.3f}); MACs per call and sample: "

@@ -1,20 +1,24 @@
-"""`diffpress prune`: remove attention heads, feed-forward neurons and ResNet channel groups."""
+"""`diffpress prune`: remove attention heads, feed-forward neurons and ResNet channel groups, or whole blocks."""
 from __future__ import annotations
 
-from ..api import LearnOptions, Method, Scope, evaluate, prune
+from ..api import LearnOptions, Method, Scope, Unit, evaluate, prune
 from . import options
 from .output import grid_beside, print_eval, print_pruning
 
 
 def register(subparsers) -> None:
     parser = options.add_command(
-        subparsers, "prune", "remove heads, FFN neurons and ResNet channels; save a smaller model",
-        "Structured pruning of MODEL's denoiser: attention heads, feed-forward neurons and ResNet channel groups "
-        "are scored (a gate mask learned on the float model's sampling trajectory, or a one-shot baseline), the "
-        "best are kept under the budget, and the rest are removed physically. The result is a diffusers-format "
-        "directory that diffpress.load() and from_pretrained() read, and that 'diffpress compress' can quantize.",
+        subparsers, "prune", "remove heads, FFN neurons, ResNet channels or whole blocks; save a smaller model",
+        "Structured pruning of MODEL's denoiser. Unit width (default): attention heads, feed-forward neurons and "
+        "ResNet channel groups are scored (a gate mask learned on the float model's sampling trajectory, or a "
+        "one-shot baseline), the best are kept under the budget, and the rest are removed physically. Unit "
+        "blocks (--remove-blocks, --method oneshot): whole transformer blocks, ResNets and attention blocks are "
+        "removed, chosen by their single-removal loss on replayed calibration calls (a 0/1 program), and "
+        "become pass-throughs. The result is a diffusers-format directory that diffpress.load() and "
+        "from_pretrained() read, and that 'diffpress compress' can quantize.",
         ("diffpress prune builtin:digits --target-params 0.8 --out out/digits-p80 --eval",
          "diffpress prune builtin:digits-flux --target-macs 0.7 --method taylor --out out/flux-m70",
+         "diffpress prune builtin:digits-flux --remove-blocks 3 --out out/flux-r3",
          "diffpress prune ./my-pipeline --target-params 0.8 --calib-prompts prompts.txt --steps 20 --out ./p80"))
     options.add_model(parser)
     target = parser.add_mutually_exclusive_group(required=True)
@@ -22,9 +26,17 @@ def register(subparsers) -> None:
                         help="fraction of the denoiser's parameters to keep, in (0, 1]")
     target.add_argument("--target-macs", dest="target_macs", type=options.number(0), metavar="F",
                         help="fraction of the denoiser's multiply-accumulates per call to keep, in (0, 1]")
-    parser.add_argument("--method", choices=options.enum_values(Method), default=Method.LEARNED.value,
-                        help="how units are ranked: learned (mask fitted end to end on the sampling trajectory), "
-                             "taylor, activation (both need calibration data), magnitude, random (default learned)")
+    target.add_argument("--target-latency", dest="target_latency", type=options.number(0), metavar="F",
+                        help="fraction of the denoiser's measured seconds per call to keep (blocks)")
+    target.add_argument("--remove-blocks", dest="remove_blocks", type=options.integer(1), metavar="N",
+                        help="remove N whole blocks (implies --unit blocks)")
+    parser.add_argument("--unit", choices=options.enum_values(Unit), default=None,
+                        help="width: heads, FFN neurons, ResNet channel groups; blocks: whole blocks (default "
+                             "width, or blocks with --remove-blocks, --target-latency or --method oneshot)")
+    parser.add_argument("--method", choices=options.enum_values(Method), default=None,
+                        help="how units are ranked. width: learned (default; mask fitted end to end on the sampling "
+                             "trajectory), taylor, activation (both need calibration data), magnitude, random. "
+                             "blocks: oneshot (default; single-removal loss, needs calibration data), random")
     parser.add_argument("--scope", choices=options.enum_values(Scope), default=Scope.GLOBAL.value,
                         help="global: rank units model-wide; per_layer: the same fraction of every group "
                              "(default global)")
@@ -54,7 +66,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     learn = LearnOptions(iterations=args.iterations, samples=args.samples, batch_size=args.batch_size,
                          learning_rate=args.learning_rate)
-    outcome = prune(args.model, args.target_params, args.out, target_macs=args.target_macs, method=args.method,
+    outcome = prune(args.model, args.target_params, args.out, target_macs=args.target_macs,
+                    target_latency=args.target_latency, remove_blocks=args.remove_blocks, unit=args.unit,
+                    method=args.method,
                     scope=args.scope, steps=args.prune_steps, guidance_scale=args.guidance_scale, learn=learn,
                     calibration=options.calibration_source(args), overwrite=args.overwrite, progress=not args.quiet)
     print_pruning(outcome)

@@ -33,4 +33,6 @@ def on_peft_lora_model(lora_model) -> None:
     """`peft.tuners.lora.model` has loaded: LoRA adapters can wrap diffpress's quantized layers."""
     from . import peft_lora
 
-    peft_lora.register_dispatch(lora_model)
+    if hasattr(peft_lora, "register_dispatch"):
+        peft_lora.register_dispatch(lora_model)
+    # else peft_lora is importing peft itself: it registers at the end of its own import

@@ -64,3 +64,15 @@ def register_dispatch(lora_model_module) -> None:
 
     dispatch_default.diffpress_wrapped = True
     lora_model_module.dispatch_default = dispatch_default
+
+
+def _register_if_loaded() -> None:
+    """When importing this module is what loaded peft, the import hook found it half-initialized: register now."""
+    import sys
+
+    lora_model = sys.modules.get("peft.tuners.lora.model")
+    if lora_model is not None:
+        register_dispatch(lora_model)
+
+
+_register_if_loaded()

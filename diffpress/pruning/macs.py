@@ -21,14 +21,23 @@ def _positions(layer: nn.Module, output: torch.Tensor, batch: int) -> float:
     return output.numel() / channels / max(batch, 1)
 
 
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    """The call's batch: the leading size of its sample (the first positional tensor, else hidden_states or
+    sample, else the first tensor keyword)."""
+    candidates = [a for a in args if isinstance(a, torch.Tensor)]
+    candidates += [kwargs[k] for k in ("hidden_states", "sample") if isinstance(kwargs.get(k), torch.Tensor)]
+    candidates += [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+    sample = next((c for c in candidates if c.ndim), None)
+    return int(sample.shape[0]) if sample is not None else 1
+
+
 @contextlib.contextmanager
 def _recording(model: nn.Module, positions: dict[str, float]):
     batch = {"size": 1}
     handles = []
 
     def top(module, args, kwargs):
-        sample = args[0] if args else next(iter(kwargs.values()))
-        batch["size"] = sample.shape[0] if isinstance(sample, torch.Tensor) and sample.ndim else 1
+        batch["size"] = _batch_size(args, kwargs)
 
     def layer_hook(fqn):
         def hook(module, args, output):
@@ -67,9 +76,12 @@ def attention_core_macs_per_channel(fqn: str, positions: dict[str, float]) -> fl
     return 2.0 * queries * keys
 
 
-def count_macs(model: nn.Module, positions: dict[str, float]) -> float:
+def count_macs(model: nn.Module, positions: dict[str, float], under: str = "") -> float:
+    """MACs per call and sample of `model` (or of its submodule `under`)."""
     total = 0.0
     for fqn, module in model.named_modules():
+        if under and not fqn.startswith(under + "."):
+            continue
         if isinstance(module, (nn.Linear, nn.Conv2d)) and fqn in positions:
             total += module.weight.numel() * positions[fqn]
         elif _is_attention(module):

@@ -1,11 +1,11 @@
 """Run a prune stage (`diffpress.prune_stage.PruneStage`) on a denoiser: find the units, score them
 (learned mask or a one-shot baseline), keep the best under the budget, slice the model, and say
-what was removed (`PruneResult`).
+what was removed (`PruneResult`). A stage of unit blocks removes whole blocks instead (`depth.py`).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -13,12 +13,15 @@ from torch import nn
 
 from ..calibration import CalibrationSet
 from ..errors import InputError
-from ..prune_stage import NEEDS_CALIBRATION, Cost, Method, PruneStage
+from ..prune_stage import NEEDS_CALIBRATION, Cost, Method, PruneStage, Unit
+from .blocks import Block, find_blocks, remove_blocks
+from .depth import (Additivity, additivity, block_seconds, check_removable, choose_oneshot, choose_random,
+                    removal_losses)
 from .importance import activation_scores, magnitude_scores, normalized, random_scores, taylor_scores
 from .learn import LearnedMask, learn_mask
 from .macs import attach_macs, count_macs, record_positions
 from .select import PruneBudget, check_reachable, select
-from .slicing import materialize
+from .slicing import materialize, with_removed_blocks
 from .trajectory import Trajectory, final_latents
 from .units import PruneGroup, find_groups
 
@@ -35,11 +38,16 @@ class PruneResult:
     macs_after: float
     seconds: float
     learned: LearnedMask | None = None
+    blocks: list[Block] = field(default_factory=list)  # removable blocks (unit blocks)
+    removed: list[str] = field(default_factory=list)  # names of the removed blocks
+    losses: list[float] | None = None  # single-removal loss of each block (oneshot)
+    additivity: Additivity | None = None
 
     def rows(self) -> list[tuple[str, str, int, int]]:
-        """(group, kind, kept, count) of every group that lost units."""
+        """(group or block, kind, kept, count) of every group that lost units and every removed block."""
+        removed = {name for name in self.removed}
         return [(g.name, g.kind.value, int(k.numel()), g.count) for g, k in zip(self.groups, self.kept)
-                if k.numel() != g.count]
+                if k.numel() != g.count] + [(b.name, b.kind, 0, 1) for b in self.blocks if b.name in removed]
 
 
 def denoiser_params(denoiser: nn.Module) -> int:
@@ -84,6 +92,8 @@ def prune_denoiser(denoiser: nn.Module, stage: PruneStage, *, pipe=None, items: 
     if getattr(denoiser, "diffpress_structure", None):
         raise InputError("this model is already pruned; prune the original model to a smaller target instead",
                          "model")
+    if stage.unit is Unit.BLOCKS:
+        return _prune_blocks(denoiser, stage, one_call(pipe, items, calibration), calibration, started, progress)
     groups = find_groups(denoiser)
     params_before = denoiser_params(denoiser)
     positions = record_positions(denoiser, one_call(pipe, items, calibration))
@@ -98,3 +108,32 @@ def prune_denoiser(denoiser: nn.Module, stage: PruneStage, *, pipe=None, items: 
     positions_after = record_positions(denoiser, one_call(pipe, items, calibration))
     return PruneResult(stage, groups, kept, structure, params_before, denoiser_params(denoiser), macs_before,
                        count_macs(denoiser, positions_after), time.perf_counter() - started, learned)
+
+
+def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: CalibrationSet | None,
+                  started: float, progress: bool) -> PruneResult:
+    """Remove whole blocks: oneshot (least summed single-removal loss, 0/1 program) or random."""
+    blocks = find_blocks(denoiser, call)
+    params_before = denoiser_params(denoiser)
+    positions = record_positions(denoiser, call)
+    for block in blocks:
+        block.macs = count_macs(denoiser, positions, under=block.name)
+    macs_before = count_macs(denoiser, positions)
+    total = {Cost.PARAMS: params_before, Cost.MACS: macs_before}.get(stage.cost)
+    if stage.cost is Cost.LATENCY:
+        total = block_seconds(denoiser, blocks, calibration)
+    check_removable(blocks, total, stage.cost, stage.target, stage.remove_blocks)
+    losses = checked = None
+    if stage.method is Method.ONESHOT:
+        losses = removal_losses(denoiser, blocks, calibration, progress=progress)
+        checked = additivity(denoiser, blocks, losses, calibration, seed=stage.seed) if len(blocks) > 2 else None
+        chosen = choose_oneshot(blocks, losses, total, stage.cost, stage.target, stage.remove_blocks)
+    else:
+        chosen = choose_random(blocks, total, stage.cost, stage.target, stage.remove_blocks, stage.seed)
+    removed = remove_blocks(denoiser, chosen)
+    structure = with_removed_blocks({"version": 1, "groups": {}}, removed)
+    denoiser.diffpress_structure = structure
+    positions_after = record_positions(denoiser, call)
+    return PruneResult(stage, [], [], structure, params_before, denoiser_params(denoiser), macs_before,
+                       count_macs(denoiser, positions_after), time.perf_counter() - started, None, blocks,
+                       [b.name for b in chosen], losses, checked)

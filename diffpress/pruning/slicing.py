@@ -18,7 +18,8 @@ from ..compression.surgery import replace_module
 from ..errors import IntegrityError
 from .units import PruneGroup, find_groups
 
-STRUCTURE_VERSION = 1
+STRUCTURE_VERSION = 1  # groups only
+BLOCKS_VERSION = 2  # groups and removed blocks
 
 
 def _unit_indices(units: torch.Tensor, width: int, offset: int) -> torch.Tensor:
@@ -130,13 +131,22 @@ def materialize(model: nn.Module, groups: list[PruneGroup], kept: list[torch.Ten
     return structure
 
 
+def with_removed_blocks(structure: dict, removed: dict) -> dict:
+    """The structure record with whole blocks removed as well (`blocks.remove_blocks`' record)."""
+    return {**structure, "version": BLOCKS_VERSION, "removed": removed} if removed else structure
+
+
 def apply_structure(model: nn.Module, structure: dict | None, where: str = "checkpoint") -> None:
-    """Reshape a freshly built model (usually on the meta device) to a saved structure record."""
+    """Reshape a freshly built model (usually on the meta device) to a saved structure record: removed blocks
+    become pass-throughs, then groups are sliced."""
+    from .blocks import apply_removed
+
     if not structure:
         return
-    if structure.get("version") != STRUCTURE_VERSION:
+    if structure.get("version") not in (STRUCTURE_VERSION, BLOCKS_VERSION):
         raise IntegrityError(f"{where}: pruning structure version {structure.get('version')!r} is not "
-                             f"{STRUCTURE_VERSION}; upgrade diffpress")
+                             f"{STRUCTURE_VERSION} or {BLOCKS_VERSION}; upgrade diffpress")
+    apply_removed(model, structure.get("removed", {}), where)
     record = structure.get("groups", {})
     groups = {g.name: g for g in find_groups(model)}
     unknown = sorted(set(record) - set(groups))

@@ -1,0 +1,158 @@
+"""Depth pruning (diffpress/pruning/blocks.py, depth.py): removable blocks found structurally on every
+architecture, pass-throughs that return what the next block expects, the one-shot choice, save and load."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+import diffpress
+import tiny_models
+from diffpress.errors import InputError
+from diffpress.pruning import PruneStage, apply_structure
+from diffpress.pruning.blocks import Block, PassThrough, find_blocks, remove_blocks, without
+from diffpress.pruning.depth import additivity, choose_oneshot, choose_random, removal_losses
+from diffpress.pruning.slicing import with_removed_blocks
+from diffpress.prune_stage import Cost, Unit
+
+EXPECTED = {"unet2d": {"ResnetBlock2D", "Attention"}, "unet2d_condition": {"ResnetBlock2D", "Transformer2DModel"},
+            "pixart": {"BasicTransformerBlock"}, "flux": {"FluxTransformerBlock", "FluxSingleTransformerBlock"},
+            "sd3": {"JointTransformerBlock"}}
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    model, inputs = tiny_models.tiny_unet2d() if name == "unet2d" else tiny_models.ARCHITECTURES[name]()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model.eval(), inputs
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_blocks_are_found_by_structure_and_a_removed_one_passes_its_residual_inputs(name):
+    model, inputs = build(name)
+    call = lambda m: tiny_models.run(m, inputs)
+    blocks = find_blocks(model, call)
+    assert {b.kind for b in blocks} == EXPECTED[name]
+    assert all(b.params == sum(p.numel() for p in model.get_submodule(b.name).parameters()) for b in blocks)
+    block = blocks[-1]
+    seen = {}
+    handle = model.get_submodule(block.name).register_forward_hook(
+        lambda m, a, k, o: seen.setdefault("call", (a, k, o)) and None, with_kwargs=True)
+    with torch.no_grad():
+        full = call(model)
+    handle.remove()
+    args, kwargs, output = seen["call"]
+    passing = block.pass_through()
+    passed = passing(*args, **kwargs)
+    expected = dict(zip(block.parameters, args)) | kwargs
+    flat = [passed] if isinstance(passed, torch.Tensor) else list(passed)
+    assert len(flat) == len(block.returns)
+    assert type(passed) is type(output)  # the container the next block expects
+    for value, name_ in zip(flat, block.returns):
+        assert (value is None) if name_ is None else value is expected[name_]
+    with without(model, [block]), torch.no_grad():
+        pruned = call(model)
+    assert pruned.shape == full.shape and not torch.equal(pruned, full)
+
+
+def test_an_sd3_context_pre_only_block_keeps_its_none_and_flux_blocks_pass_both_streams():
+    model, inputs = build("sd3")
+    blocks = find_blocks(model, lambda m: tiny_models.run(m, inputs))
+    assert blocks[-1].returns == [None, "hidden_states"]
+    assert blocks[0].returns == ["encoder_hidden_states", "hidden_states"]
+    model, inputs = build("flux")
+    for block in find_blocks(model, lambda m: tiny_models.run(m, inputs)):
+        assert block.returns == ["encoder_hidden_states", "hidden_states"] and block.container == "tuple"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_structure_record_rebuilds_the_pruned_model_bit_exactly(name):
+    model, inputs = build(name)
+    call = lambda m: tiny_models.run(m, inputs)
+    blocks = find_blocks(model, call)
+    fresh = copy.deepcopy(model)
+    structure = with_removed_blocks({"version": 1, "groups": {}}, remove_blocks(model, blocks[::2]))
+    assert all(isinstance(model.get_submodule(b.name), PassThrough) for b in blocks[::2])
+    apply_structure(fresh, structure)
+    state = model.state_dict()
+    assert set(fresh.state_dict()) == set(state)
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(call(fresh), call(model))
+
+
+def _blocks(losses, params):
+    return [Block(f"b{i}", "X", p, ["x"], ["x"], "tensor") for i, p in enumerate(params)]
+
+
+def test_the_one_shot_choice_is_the_least_summed_loss_under_the_budget():
+    losses = [0.5, 0.1, 0.3, 0.05, 0.2, 0.4]
+    params = [10, 30, 20, 10, 40, 20]
+    blocks = _blocks(losses, params)
+    total = 200.0  # 70 parameters outside the blocks
+    chosen = choose_oneshot(blocks, losses, total, Cost.PARAMS, target=0.6)
+    kept = total - sum(b.params for b in chosen)
+    assert kept <= 0.6 * total
+    best = min((sum(losses[i] for i in s) for r in range(len(blocks) + 1) for s in itertools.combinations(range(6), r)
+                if total - sum(params[i] for i in s) <= 0.6 * total))
+    assert sum(losses[int(b.name[1:])] for b in chosen) == pytest.approx(best)
+    two = choose_oneshot(blocks, losses, total, Cost.PARAMS, remove_blocks=2)
+    assert [b.name for b in two] == ["b1", "b3"]
+    assert len(choose_random(blocks, total, Cost.PARAMS, remove_blocks=3, seed=1)) == 3
+    with pytest.raises(InputError, match="smallest reachable is"):
+        choose_oneshot(blocks, losses, total, Cost.PARAMS, target=0.2)
+    with pytest.raises(InputError, match="between 1 and 5"):
+        choose_oneshot(blocks, losses, total, Cost.PARAMS, remove_blocks=6)
+
+
+def test_additivity_compares_predicted_and_measured_set_losses():
+    model, inputs = build("pixart")
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    blocks = find_blocks(model, lambda m: tiny_models.run(m, inputs))
+    losses = removal_losses(model, blocks, calibration)
+    assert all(loss > 0 for loss in losses)
+    checked = additivity(model, blocks, losses, calibration, sets=3)
+    assert checked.sizes == [2, 2, 2]  # two blocks: the only set is both
+    assert checked.predicted[0] == pytest.approx(sum(losses))
+    assert checked.measured[0] > 0 and checked.measured[0] != pytest.approx(checked.predicted[0], rel=1e-6)
+
+
+def test_stage_resolves_the_unit_and_refuses_mixed_up_options():
+    assert PruneStage(None, remove_blocks=2).unit is Unit.BLOCKS
+    assert PruneStage(None, remove_blocks=2).method.value == "oneshot"
+    assert PruneStage(0.8).unit is Unit.WIDTH and PruneStage(0.8).method.value == "learned"
+    assert PruneStage(0.8, method="oneshot").unit is Unit.BLOCKS
+    with pytest.raises(InputError, match="does not prune blocks"):
+        PruneStage(None, method="taylor", remove_blocks=2)
+    with pytest.raises(InputError, match="need unit blocks"):
+        PruneStage(0.8, Cost.LATENCY, unit="width")
+    stage = PruneStage.from_dict({"remove_blocks": 3, "method": "random"})
+    assert stage.remove_blocks == 3 and PruneStage.from_dict(stage.to_dict()) == stage
+
+
+def test_remove_blocks_of_the_digits_unet_saves_loads_everywhere_and_quantizes(tmp_path):
+    from diffpress.zoo.digits import DigitsPipeline
+
+    outcome = diffpress.prune("builtin:digits", None, tmp_path / "r2", remove_blocks=2)
+    result = outcome.result
+    assert len(result.removed) == 2 and result.params_after < result.params_before
+    assert result.additivity is not None and len(result.additivity.measured) == 20
+    losses = dict(zip([b.name for b in result.blocks], result.losses))
+    assert sorted(losses.values())[:2] == sorted(losses[name] for name in result.removed)
+    pruned = outcome.model.unet
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 7])
+    with torch.no_grad():
+        expected = pruned(noise, 500, class_labels=labels).sample
+        for loaded in (diffpress.load(tmp_path / "r2").unet, DigitsPipeline.from_pretrained(tmp_path / "r2").unet):
+            assert torch.equal(loaded(noise, 500, class_labels=labels).sample, expected)
+    compressed = diffpress.compress(tmp_path / "r2", "w8a16-int8", tmp_path / "r2-w8")
+    assert compressed.report.quantized
+    with torch.no_grad():
+        quantized = diffpress.load(tmp_path / "r2-w8").unet(noise, 500, class_labels=labels).sample
+    assert torch.isfinite(quantized).all() and quantized.shape == expected.shape
