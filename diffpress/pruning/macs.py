@@ -16,9 +16,14 @@ from torch import nn
 from .units import PruneGroup, _is_attention
 
 
-def _positions(layer: nn.Module, output: torch.Tensor, batch: int) -> float:
+def _positions(layer: nn.Module, inputs: tuple, output: torch.Tensor, batch: int) -> float:
+    """Output positions per sample (tokens or pixels); from the input for a layer left with no outputs (a fully
+    pruned feed-forward's first projection)."""
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    return output.numel() / channels / max(batch, 1)
+    if channels:
+        return output.numel() / channels / max(batch, 1)
+    width = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    return inputs[0].numel() / max(width, 1) / max(batch, 1) if inputs and width else 0.0
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
@@ -42,7 +47,7 @@ def _recording(model: nn.Module, positions: dict[str, float]):
     def layer_hook(fqn):
         def hook(module, args, output):
             if fqn not in positions:
-                positions[fqn] = _positions(module, output, batch["size"])
+                positions[fqn] = _positions(module, args, output, batch["size"])
 
         return hook
 
