@@ -141,8 +141,8 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
           target_macs: float | None = None, target_latency: float | None = None, remove_blocks: int | None = None,
           unit: str | None = None, method: str | None = None, scope: str = "global", steps: int | None = None,
           guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
-          calibration: Calibration = CalibrationOptions(), seed: int = 0, overwrite: bool = False,
-          progress: bool = False) -> PruneOutcome:
+          calibration: Calibration = CalibrationOptions(), seed: int = 0, recover_steps: int = 0,
+          recover_learning_rate: float = 1e-3, overwrite: bool = False, progress: bool = False) -> PruneOutcome:
     """Remove attention heads, feed-forward neurons and ResNet channel groups (unit width), or whole blocks
     (unit blocks), from MODEL's denoiser.
 
@@ -153,8 +153,10 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
     magnitude or random; blocks: oneshot (default; least summed single-removal loss on replayed
     calibration calls) or random. remove_blocks or method oneshot imply unit blocks. steps /
     guidance_scale: the trajectory the mask is fitted on (default: the model's sampling defaults).
-    out: save a diffusers-format directory there (atomically; it loads with diffpress.load and
-    from_pretrained, and can be quantized with compress).
+    recover_steps: after pruning, distill the pruned model from the float one for that many steps on
+    replayed calibration calls (output loss plus normalized surviving-block feature loss); the loss
+    curve is saved as recovery.json. out: save a diffusers-format directory there (atomically; it
+    loads with diffpress.load and from_pretrained, and can be quantized with compress).
     """
     given = [(value, cost) for value, cost in ((target_params, Cost.PARAMS), (target_macs, Cost.MACS),
                                                (target_latency, Cost.LATENCY), (remove_blocks, None))
@@ -165,7 +167,8 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
     target, cost = given[0]
     stage = PruneStage(None if cost is None else target, cost or Cost.PARAMS, method, scope, steps, guidance_scale,
                        learn if learn is not None else LearnOptions(), seed, unit,
-                       remove_blocks=target if cost is None else None)
+                       remove_blocks=target if cost is None else None, recover_steps=recover_steps,
+                       recover_learning_rate=recover_learning_rate)
     subject = Subject.open(model)
     if out is not None:
         check_output(Path(out), overwrite, (subject.root,) if subject.root else ())
@@ -174,13 +177,21 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
     if out is not None:
         saved = save(subject.denoiser, out, source=subject.source, overwrite=overwrite,
                      extra={"pruned": _pruned_info(result)},
-                     attachments={"recipe.yaml": _prune_recipe_yaml(stage)})
+                     attachments={"recipe.yaml": _prune_recipe_yaml(stage), **_recovery_attachment([result])})
     return PruneOutcome(result, subject._pipeline or subject.denoiser, saved)
 
 
 def _pruned_info(result) -> dict:
     return {"stage": result.stage.to_dict(), "params_before": result.params_before,
             "params_after": result.params_after, "macs_before": result.macs_before, "macs_after": result.macs_after}
+
+
+def _recovery_attachment(results) -> dict[str, str]:
+    """recovery.json: the loss curve of every prune stage that distilled (none: no file)."""
+    import json
+
+    curves = [{"stage": r.stage.to_dict(), **r.recovery.to_dict()} for r in results if r.recovery is not None]
+    return {"recovery.json": json.dumps(curves, indent=1) + "\n"} if curves else {}
 
 
 def _prune_recipe_yaml(stage: PruneStage) -> str:
@@ -242,7 +253,7 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
     saved = save(denoiser, out, source=subject.source, overwrite=overwrite,
                  extra={"preset": plan.name or ("mixed" if allocation else None), "recipe": recipe.to_dict(),
                         "skipped": report.skipped, **({"pruned": _pruned_info(pruned[-1])} if pruned else {})},
-                 attachments=_attachments(recipe, allocation, plan.prune))
+                 attachments={**_attachments(recipe, allocation, plan.prune), **_recovery_attachment(pruned)})
     return CompressionResult(type(denoiser).__name__, saved, plan, report, bytes_before, state_bytes(denoiser),
                              time.perf_counter() - started, allocation, pruned)
 

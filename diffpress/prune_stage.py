@@ -70,7 +70,7 @@ class LearnOptions:
     samples: int = 32
     learning_rate: float = 0.1
     penalty: float = 5.0
-    warmup: float = 0.3
+    warmup: float = 0.1
     gate: GateKind = GateKind.HARD_CONCRETE
     init_logit: float = 3.0
     checkpoint_steps: bool = True
@@ -113,6 +113,8 @@ class PruneStage:
     seed: int = 0
     unit: Unit | None = None  # default: blocks when remove_blocks is given or the method is oneshot, else width
     remove_blocks: int | None = None
+    recover_steps: int = 0  # distillation steps from the float model after pruning (0: none)
+    recover_learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         for name, kind in (("cost", Cost), ("method", Method), ("scope", Scope), ("unit", Unit)):
@@ -125,6 +127,10 @@ class PruneStage:
                 allowed = ", ".join(k.value for k in kind)
                 raise InputError(f"prune {name} {value!r} is not one of: {allowed}", name) from None
         self._resolve_unit()
+        require_int(self.recover_steps, "recover_steps", 0)
+        rate = self.recover_learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise InputError(f"recover_learning_rate must be a positive number, got {rate!r}", "recover_learning_rate")
         if self.remove_blocks is None:
             check_target(self.target, self.cost)
         if self.steps is not None:
@@ -162,6 +168,8 @@ class PruneStage:
             data["steps"] = self.steps
         if self.guidance_scale is not None:
             data["guidance_scale"] = self.guidance_scale
+        if self.recover_steps:
+            data.update(recover_steps=self.recover_steps, recover_learning_rate=self.recover_learning_rate)
         if self.method is Method.LEARNED:
             data["learn"] = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self.learn).items()}
         return data
@@ -171,7 +179,7 @@ class PruneStage:
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a mapping (target_params or target_macs, method, ...), got {data!r}")
         allowed = {"target_params", "target_macs", "target_latency", "remove_blocks", "unit", "method", "scope",
-                   "steps", "guidance_scale", "learn", "seed"}
+                   "steps", "guidance_scale", "learn", "seed", "recover_steps", "recover_learning_rate"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")

@@ -95,7 +95,7 @@ def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bo
                          ": use --method taylor|activation|magnitude|random with --calibration FILE")
     options = calibration if isinstance(calibration, CalibrationOptions) else CalibrationOptions()
     calibration_set = None
-    if stage.method in NEEDS_CALIBRATION or stage.cost is Cost.LATENCY or pipe is None:
+    if stage.method in NEEDS_CALIBRATION or stage.cost is Cost.LATENCY or stage.recover_steps or pipe is None:
         calibration_set = subject.calibration_set(calibration, progress)
     steps, guidance = subject.sampling_defaults
     if stage.guidance_scale is None:

@@ -156,3 +156,29 @@ def test_remove_blocks_of_the_digits_unet_saves_loads_everywhere_and_quantizes(t
     with torch.no_grad():
         quantized = diffpress.load(tmp_path / "r2-w8").unet(noise, 500, class_labels=labels).sample
     assert torch.isfinite(quantized).all() and quantized.shape == expected.shape
+
+
+def test_recovery_distills_the_pruned_model_toward_the_float_one():
+    from diffpress.pruning.recover import distill, output_loss, record_teacher
+
+    model, inputs = build("pixart")
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    blocks = find_blocks(model, lambda m: tiny_models.run(m, inputs))
+    teacher = record_teacher(model, calibration, [blocks[1].name])
+    assert output_loss(model, teacher) == 0.0  # the float model is its own teacher
+    remove_blocks(model, blocks[:1])
+    recovery = distill(model, teacher, steps=30, learning_rate=1e-3)
+    assert len(recovery.losses) == 30
+    assert recovery.output_loss_after < 0.5 * recovery.output_loss_before
+
+
+def test_a_recovered_depth_pruned_model_saves_its_loss_curve(tmp_path):
+    import json
+
+    outcome = diffpress.prune("builtin:digits", None, tmp_path / "r1", remove_blocks=1, method="random",
+                              recover_steps=3)
+    curve = json.loads((tmp_path / "r1" / "recovery.json").read_text())
+    assert curve[0]["steps"] == 3 and len(curve[0]["loss"]) == 3
+    assert curve[0]["stage"]["recover_steps"] == 3 and curve[0]["stage"]["unit"] == "blocks"
+    assert outcome.result.recovery.output_loss_after == pytest.approx(curve[0]["output_loss_after"])

@@ -52,6 +52,11 @@ def print_pruning(outcome) -> None:
     if result.learned is not None:
         print(f"mask learned in {result.learned.seconds:.1f} s ({len(result.learned.losses)} iterations, "
               f"final trajectory MSE {result.learned.losses[-1]:.4f})")
+    if result.recovery is not None:
+        curve = result.recovery.losses
+        print(f"recovered in {result.recovery.seconds:.1f} s ({len(curve)} steps, distillation loss "
+              f"{curve[0]:.4f} -> {curve[-1]:.4f}; output error on the calibration calls "
+              f"{result.recovery.output_loss_before:.4f} -> {result.recovery.output_loss_after:.4f})")
     where = f"saved {outcome.out}" if outcome.out else "not saved"
     print(f"{where} in {result.seconds:.1f} s")
 

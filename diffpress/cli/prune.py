@@ -59,7 +59,14 @@ def register(subparsers) -> None:
     learn.add_argument("--learning-rate", dest="learning_rate", type=options.number(0),
                        default=defaults("learning_rate"), metavar="LR",
                        help=f"Adam learning rate of the gate logits (default {defaults('learning_rate')})")
-    options.add_calibration(parser, "prompts or labels to prune on, and calibration for taylor/activation")
+    recover = parser.add_argument_group("recovery (distillation from the float model after pruning)")
+    recover.add_argument("--recover-steps", dest="recover_steps", type=options.integer(0), default=0, metavar="K",
+                         help="Adam steps on replayed calibration calls, output plus normalized block-feature loss "
+                              "(default 0: none); the loss curve is saved as recovery.json")
+    recover.add_argument("--recover-lr", dest="recover_learning_rate", type=options.number(0), default=1e-3,
+                         metavar="LR", help="learning rate of the recovery (default 1e-3)")
+    options.add_calibration(parser, "prompts or labels to prune on, and calibration for taylor/activation/oneshot "
+                                    "and recovery")
     parser.set_defaults(handler=run)
 
 
@@ -68,7 +75,8 @@ def run(args) -> int:
                          learning_rate=args.learning_rate)
     outcome = prune(args.model, args.target_params, args.out, target_macs=args.target_macs,
                     target_latency=args.target_latency, remove_blocks=args.remove_blocks, unit=args.unit,
-                    method=args.method,
+                    method=args.method, recover_steps=args.recover_steps,
+                    recover_learning_rate=args.recover_learning_rate,
                     scope=args.scope, steps=args.prune_steps, guidance_scale=args.guidance_scale, learn=learn,
                     calibration=options.calibration_source(args), overwrite=args.overwrite, progress=not args.quiet)
     print_pruning(outcome)

@@ -21,6 +21,7 @@ from .importance import activation_scores, magnitude_scores, normalized, random_
 from .learn import LearnedMask, learn_mask
 from .macs import attach_macs, count_macs, record_positions
 from .select import PruneBudget, check_reachable, select
+from .recover import Recovery, distill, record_teacher
 from .slicing import materialize, with_removed_blocks
 from .trajectory import Trajectory, final_latents
 from .units import PruneGroup, find_groups
@@ -42,6 +43,7 @@ class PruneResult:
     removed: list[str] = field(default_factory=list)  # names of the removed blocks
     losses: list[float] | None = None  # single-removal loss of each block (oneshot)
     additivity: Additivity | None = None
+    recovery: Recovery | None = None
 
     def rows(self) -> list[tuple[str, str, int, int]]:
         """(group or block, kind, kept, count) of every group that lost units and every removed block."""
@@ -104,10 +106,31 @@ def prune_denoiser(denoiser: nn.Module, stage: PruneStage, *, pipe=None, items: 
     trajectory = Trajectory(stage.steps or default_steps, stage.guidance_scale)
     scores, learned = _scores(stage, pipe, denoiser, groups, items, calibration, total, trajectory, progress)
     kept = select(groups, scores, total, PruneBudget(stage.target, stage.cost), stage.scope)
+    call = one_call(pipe, items, calibration)
+    features = [b.name for b in find_blocks(denoiser, call)] if stage.recover_steps else []
+    teacher = _teacher(denoiser, stage, calibration, features)
     structure = materialize(denoiser, groups, kept)
-    positions_after = record_positions(denoiser, one_call(pipe, items, calibration))
-    return PruneResult(stage, groups, kept, structure, params_before, denoiser_params(denoiser), macs_before,
-                       count_macs(denoiser, positions_after), time.perf_counter() - started, learned)
+    recovery = _recover(denoiser, stage, teacher, progress)
+    positions_after = record_positions(denoiser, call)
+    result = PruneResult(stage, groups, kept, structure, params_before, denoiser_params(denoiser), macs_before,
+                         count_macs(denoiser, positions_after), time.perf_counter() - started, learned)
+    result.recovery = recovery
+    return result
+
+
+def _teacher(denoiser, stage: PruneStage, calibration: CalibrationSet | None, feature_blocks: list[str]):
+    if not stage.recover_steps:
+        return None
+    if calibration is None:
+        raise InputError("recovery distills on replayed calibration calls: give calibration", "calibration")
+    return record_teacher(denoiser, calibration, feature_blocks)
+
+
+def _recover(denoiser, stage: PruneStage, teacher, progress: bool) -> Recovery | None:
+    if teacher is None:
+        return None
+    return distill(denoiser, teacher, stage.recover_steps, stage.recover_learning_rate, seed=stage.seed,
+                   progress=progress)
 
 
 def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: CalibrationSet | None,
@@ -130,10 +153,13 @@ def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: Cal
         chosen = choose_oneshot(blocks, losses, total, stage.cost, stage.target, stage.remove_blocks)
     else:
         chosen = choose_random(blocks, total, stage.cost, stage.target, stage.remove_blocks, stage.seed)
+    removed_names = {b.name for b in chosen}
+    teacher = _teacher(denoiser, stage, calibration, [b.name for b in blocks if b.name not in removed_names])
     removed = remove_blocks(denoiser, chosen)
     structure = with_removed_blocks({"version": 1, "groups": {}}, removed)
     denoiser.diffpress_structure = structure
+    recovery = _recover(denoiser, stage, teacher, progress)
     positions_after = record_positions(denoiser, call)
     return PruneResult(stage, [], [], structure, params_before, denoiser_params(denoiser), macs_before,
                        count_macs(denoiser, positions_after), time.perf_counter() - started, None, blocks,
-                       [b.name for b in chosen], losses, checked)
+                       [b.name for b in chosen], losses, checked, recovery)

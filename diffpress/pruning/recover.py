@@ -1,0 +1,141 @@
+"""Recovery: a short distillation of the pruned denoiser from the float one, on calibration calls (no dataset).
+
+Before the model is cut, `record_teacher` replays calibration calls (denoiser inputs recorded along
+the float model's own trajectories, every timestep bucket) through the float model and keeps its
+outputs and the outputs of the blocks that will survive. `distill` then trains the pruned model's
+weights for `steps` Adam steps, one call per step, on
+
+    |f_s(x) - f_t(x)|^2 / |f_t(x)|^2 + feature_weight * mean_b |h_s,b(x) - h_t,b(x)|^2 / |h_t,b(x)|^2
+
+where h_b is the output of surviving block b. Every feature term is normalized by the teacher
+feature's own power (LAPTOP-Diff): un-normalized feature losses differ by orders of magnitude
+between blocks and the largest would dominate. The teacher copy is never held: its targets are
+recorded on the CPU once, so memory is the model plus the recorded tensors.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..calibration import CalibrationSet
+from ..compression.sensitivity.output_metric import output_tensor
+from ..errors import DiffpressError
+
+
+@dataclass
+class TeacherTargets:
+    calls: list  # calibration entries
+    outputs: list[torch.Tensor]
+    features: list[dict[str, list[torch.Tensor]]]  # per call: block name -> its output tensors
+
+
+@dataclass
+class Recovery:
+    losses: list[float] = field(default_factory=list)
+    output_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    output_loss_before: float = float("nan")  # mean relative output error over every recorded call
+    output_loss_after: float = float("nan")
+
+    def to_dict(self) -> dict:
+        return {"steps": len(self.losses), "seconds": round(self.seconds, 2),
+                "output_loss_before": self.output_loss_before, "output_loss_after": self.output_loss_after,
+                "loss": self.losses, "output_loss": self.output_losses}
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [o for o in output if isinstance(o, torch.Tensor)]
+    return [output_tensor(output)]
+
+
+@contextlib.contextmanager
+def _capturing(model: nn.Module, names: list[str], into: dict):
+    handles = []
+    for name in names:
+        def hook(module, args, output, name=name):
+            into[name] = _tensors(output)
+
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def record_teacher(model: nn.Module, calibration: CalibrationSet, feature_blocks: list[str],
+                   per_bucket: int = 2) -> TeacherTargets:
+    """The float model's outputs and surviving-block outputs on `per_bucket` calibration calls per bucket."""
+    calls = calibration.entries(per_bucket)
+    if not calls:
+        raise DiffpressError("recovery needs replayable calibration calls; the calibration set has none")
+    outputs, features = [], []
+    with torch.no_grad():
+        for entry in calls:
+            captured: dict = {}
+            with _capturing(model, feature_blocks, captured):
+                outputs.append(output_tensor(model(**entry.call_kwargs())).detach().float().cpu())
+            features.append({k: [t.detach().float().cpu() for t in v] for k, v in captured.items()})
+    return TeacherTargets(calls, outputs, features)
+
+
+def _relative(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    teacher = teacher.to(student.device)
+    return (student.float() - teacher).square().sum() / teacher.square().sum().clamp_min(1e-30)
+
+
+def output_loss(model: nn.Module, teacher: TeacherTargets) -> float:
+    """Mean relative output error of `model` against the teacher over every recorded call."""
+    with torch.no_grad():
+        errors = [float(_relative(output_tensor(model(**call.call_kwargs())), target))
+                  for call, target in zip(teacher.calls, teacher.outputs)]
+    return sum(errors) / len(errors)
+
+
+def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate: float = 1e-4,
+            feature_weight: float = 1.0, seed: int = 0, progress: bool = False) -> Recovery:
+    """Train `model`'s weights toward the teacher targets for `steps` steps (in place); the loss curve."""
+    started = time.perf_counter()
+    parameters = [p for p in model.parameters() if p.requires_grad and p.numel()]
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    order = torch.randperm(len(teacher.calls), generator=torch.Generator().manual_seed(seed)).tolist()
+    recovery = Recovery()
+    names = sorted(teacher.features[0]) if teacher.features else []
+    was_training = model.training
+    model.train(False)  # dropout off: the teacher ran in eval mode
+    recovery.output_loss_before = output_loss(model, teacher)
+    try:
+        with tqdm(range(steps), desc="recover", unit="step", disable=not progress) as bar:
+            for step in bar:
+                index = order[step % len(order)]
+                captured: dict = {}
+                with torch.enable_grad(), _capturing(model, names, captured):
+                    output = output_tensor(model(**teacher.calls[index].call_kwargs()))
+                    step_output_loss = _relative(output, teacher.outputs[index])
+                    terms = [_relative(s, t) for name in names
+                             for s, t in zip(captured.get(name, []), teacher.features[index][name])]
+                    feature_loss = torch.stack(terms).mean() if terms else step_output_loss.new_zeros(())
+                    loss = step_output_loss + feature_weight * feature_loss
+                if not torch.isfinite(loss):
+                    raise DiffpressError(f"recovery diverged (loss {loss.item()}) at step {step}; lower the "
+                                         "recovery learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                recovery.losses.append(float(loss.detach()))
+                recovery.output_losses.append(float(step_output_loss.detach()))
+                bar.set_postfix(loss=f"{recovery.losses[-1]:.4f}")
+    finally:
+        model.train(was_training)
+        optimizer.zero_grad(set_to_none=True)
+    recovery.output_loss_after = output_loss(model, teacher)
+    recovery.seconds = time.perf_counter() - started
+    return recovery
