@@ -11,7 +11,8 @@ parameters, multiply-accumulates per call (or measured seconds per call) to keep
 (attention heads, feed-forward neurons, ResNet channel groups) or blocks (whole transformer blocks,
 ResNets, attention blocks); remove_blocks N or method oneshot mean blocks. method: how units are
 ranked: for width a mask learned on the sampling trajectory or a one-shot baseline (taylor,
-activation, magnitude, random); for blocks the single-removal loss (oneshot) or random. scope:
+activation, magnitude, random); for blocks the single-removal loss (oneshot), N:M group gates
+learned on replayed calls (learned, with remove_blocks), or random. scope:
 global (rank units model-wide) or per_layer (the same fraction of every group; width only).
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Unit(str, enum.Enum):
 
 
 METHODS = {Unit.WIDTH: (Method.LEARNED, Method.TAYLOR, Method.MAGNITUDE, Method.ACTIVATION, Method.RANDOM),
-           Unit.BLOCKS: (Method.ONESHOT, Method.RANDOM)}
+           Unit.BLOCKS: (Method.ONESHOT, Method.LEARNED, Method.RANDOM)}
 
 
 class Cost(str, enum.Enum):
@@ -159,6 +160,8 @@ class PruneStage:
             require_int(self.remove_blocks, "remove_blocks", 1)
             if self.target is not None:
                 raise InputError("give remove_blocks or a target fraction, not both", "remove_blocks")
+        if unit is Unit.BLOCKS and self.method is Method.LEARNED and self.remove_blocks is None:
+            raise InputError("the learned depth mask removes a number of blocks: give remove_blocks", "method")
 
     def to_dict(self) -> dict:
         data = {"target_" + self.cost.value: self.target} if self.remove_blocks is None else \

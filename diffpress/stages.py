@@ -21,7 +21,7 @@ from .compression.sensitivity.report import SensitivityReport
 from .compression.sensitivity.variants import LayerVariants
 from .errors import InputError
 from .plan import MixedPrecision
-from .prune_stage import NEEDS_CALIBRATION, Cost, Method, PruneStage
+from .prune_stage import NEEDS_CALIBRATION, Cost, Method, PruneStage, Unit
 from .recipe import Recipe
 from .subject import Subject
 
@@ -90,12 +90,13 @@ def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bo
     pipe = None
     if subject.has_pipeline:
         pipe = subject.pipeline("pruning")
-    elif stage.method is Method.LEARNED:
+    elif stage.method is Method.LEARNED and stage.unit is Unit.WIDTH:
         subject.pipeline("the learned mask samples the model's pipeline",
                          ": use --method taylor|activation|magnitude|random with --calibration FILE")
     options = calibration if isinstance(calibration, CalibrationOptions) else CalibrationOptions()
     calibration_set = None
-    if stage.method in NEEDS_CALIBRATION or stage.cost is Cost.LATENCY or stage.recover_steps or pipe is None:
+    blocks = stage.unit is Unit.BLOCKS and stage.method is not Method.RANDOM
+    if stage.method in NEEDS_CALIBRATION or blocks or stage.cost is Cost.LATENCY or stage.recover_steps or pipe is None:
         calibration_set = subject.calibration_set(calibration, progress)
     steps, guidance = subject.sampling_defaults
     if stage.guidance_scale is None:

@@ -174,6 +174,11 @@ CASES = [
      ["--method", "'oneshot'", "does not prune width", "learned"]),
     (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--method", "taylor"],
      ["--method", "'taylor'", "does not prune blocks", "oneshot"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--unit", "blocks", "--method", "learned"],
+     ["--method", "learned depth mask", "remove_blocks"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--recover-steps", "-1"],
+     ["--recover-steps", "'-1'", ">= 0"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--recover-lr", "0"], ["--recover-lr", "'0'", "> 0"]),
     # inspect
     (["inspect", DIGITS], ["--preset", "--recipe", "--prunable"]),
     (["inspect", DIGITS, "--preset", "mixed"], ["--preset", "'mixed'", "w8a16-int8"]),

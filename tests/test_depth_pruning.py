@@ -182,3 +182,28 @@ def test_a_recovered_depth_pruned_model_saves_its_loss_curve(tmp_path):
     assert curve[0]["steps"] == 3 and len(curve[0]["loss"]) == 3
     assert curve[0]["stage"]["recover_steps"] == 3 and curve[0]["stage"]["unit"] == "blocks"
     assert outcome.result.recovery.output_loss_after == pytest.approx(curve[0]["output_loss_after"])
+
+
+def test_learned_depth_groups_spread_removals_and_learn_to_drop_an_identity_block():
+    from diffpress.pruning.depth_learn import block_groups, learn_depth
+
+    kinds = ["A"] * 4 + ["B"] * 8
+    blocks = [Block(f"b{i}", kind, 1, ["x"], ["x"], "tensor") for i, kind in enumerate(kinds)]
+    groups = block_groups(blocks, 6)
+    assert [len(g.blocks) for g in groups] == [4, 4, 4] and [g.keep for g in groups] == [2, 2, 2]
+    assert sum(len(g.blocks) - g.keep for g in block_groups(blocks, 4)) == 4
+    with pytest.raises(InputError, match="1 to 9 blocks"):
+        block_groups(blocks, 10)
+
+    model, inputs = build("pixart")
+    identity = model.transformer_blocks[0]  # the second combination (keep block 1): untrained logits pick the first
+    with torch.no_grad():  # its attention and feed-forward add nothing: removing it is free
+        for layer in (identity.attn1.to_out[0], identity.attn2.to_out[0], identity.ff.net[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    found = find_blocks(model, lambda m: tiny_models.run(m, inputs))
+    learned = learn_depth(model, found, 1, calibration, iterations=40, learning_rate=0.1)
+    assert [b.name for b in learned.removed] == ["transformer_blocks.0"]
+    assert learned.probabilities[0][1] > 0.5

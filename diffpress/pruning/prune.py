@@ -21,6 +21,7 @@ from .importance import activation_scores, magnitude_scores, normalized, random_
 from .learn import LearnedMask, learn_mask
 from .macs import attach_macs, count_macs, record_positions
 from .select import PruneBudget, check_reachable, select
+from .depth_learn import LearnedDepth, learn_depth
 from .recover import Recovery, distill, record_teacher
 from .slicing import materialize, with_removed_blocks
 from .trajectory import Trajectory, final_latents
@@ -44,6 +45,7 @@ class PruneResult:
     losses: list[float] | None = None  # single-removal loss of each block (oneshot)
     additivity: Additivity | None = None
     recovery: Recovery | None = None
+    learned_depth: LearnedDepth | None = None
 
     def rows(self) -> list[tuple[str, str, int, int]]:
         """(group or block, kind, kept, count) of every group that lost units and every removed block."""
@@ -135,7 +137,8 @@ def _recover(denoiser, stage: PruneStage, teacher, progress: bool) -> Recovery |
 
 def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: CalibrationSet | None,
                   started: float, progress: bool) -> PruneResult:
-    """Remove whole blocks: oneshot (least summed single-removal loss, 0/1 program) or random."""
+    """Remove whole blocks: oneshot (least summed single-removal loss, 0/1 program), learned (N:M group gates) or
+    random."""
     blocks = find_blocks(denoiser, call)
     params_before = denoiser_params(denoiser)
     positions = record_positions(denoiser, call)
@@ -146,8 +149,12 @@ def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: Cal
     if stage.cost is Cost.LATENCY:
         total = block_seconds(denoiser, blocks, calibration)
     check_removable(blocks, total, stage.cost, stage.target, stage.remove_blocks)
-    losses = checked = None
-    if stage.method is Method.ONESHOT:
+    losses = checked = learned = None
+    if stage.method is Method.LEARNED:
+        learned = learn_depth(denoiser, blocks, stage.remove_blocks, calibration, stage.learn.iterations,
+                              stage.learn.learning_rate, seed=stage.seed, progress=progress)
+        chosen = learned.removed
+    elif stage.method is Method.ONESHOT:
         losses = removal_losses(denoiser, blocks, calibration, progress=progress)
         checked = additivity(denoiser, blocks, losses, calibration, seed=stage.seed) if len(blocks) > 2 else None
         chosen = choose_oneshot(blocks, losses, total, stage.cost, stage.target, stage.remove_blocks)
@@ -162,4 +169,4 @@ def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: Cal
     positions_after = record_positions(denoiser, call)
     return PruneResult(stage, [], [], structure, params_before, denoiser_params(denoiser), macs_before,
                        count_macs(denoiser, positions_after), time.perf_counter() - started, None, blocks,
-                       [b.name for b in chosen], losses, checked, recovery)
+                       [b.name for b in chosen], losses, checked, recovery, learned)
