@@ -142,7 +142,7 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
           unit: str | None = None, method: str | None = None, scope: str = "global", steps: int | None = None,
           guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
           calibration: Calibration = CalibrationOptions(), seed: int = 0, recover_steps: int = 0,
-          recover_learning_rate: float = 1e-3, overwrite: bool = False, progress: bool = False) -> PruneOutcome:
+          recover_learning_rate: float = 1e-4, overwrite: bool = False, progress: bool = False) -> PruneOutcome:
     """Remove attention heads, feed-forward neurons and ResNet channel groups (unit width), or whole blocks
     (unit blocks), from MODEL's denoiser.
 

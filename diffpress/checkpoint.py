@@ -7,6 +7,7 @@ arbitrary code. Every safetensors file is checked (header parses, data fits the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .errors import DiffpressError, InputError
 
 DENOISER_COMPONENTS = ("transformer", "unet")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -38,10 +41,48 @@ class Checkpoint:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from `path`; InputError (one line) for anything else."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not readable JSON ({error})") from None
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise InputError(f"{path}: not readable JSON ({_one_line(error)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return data
+
+
+class _SizeBudget(TorchDispatchMode):
+    """Counts the bytes of the tensors a model's constructor creates; past `limit`, InputError (so a config that
+    declares a huge model fails fast instead of looping or allocating)."""
+
+    def __init__(self, limit: int, where: str) -> None:
+        super().__init__()
+        self.limit, self.where, self.used = limit, where, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default):
+            self.used += output.numel() * output.element_size()
+            if self.used > self.limit:
+                raise InputError(f"{self.where}: the config declares a model far larger than its weights "
+                                 f"(over {self.limit:,} bytes of tensors for the stored weights)")
+        return output
+
+
+def model_from_config(cls, config: dict, where: str, weights_bytes: int | None = None):
+    """`cls.from_config(config)` on the current (meta) device, for a config from a file: any failure is one
+    InputError naming `where`; with `weights_bytes`, a config declaring a model more than 16x the stored
+    weights (+16 MiB) is refused before it is built."""
+    budget = _SizeBudget(16 * weights_bytes + (16 << 20), where) if weights_bytes is not None else \
+        contextlib.nullcontext()
+    try:
+        with budget:
+            return cls.from_config(config)
+    except DiffpressError:
+        raise
+    except Exception as error:  # a hostile config reaches any constructor's code
+        raise InputError(f"{where}: config.json does not build a {cls.__name__} ({type(error).__name__}: "
+                         f"{_one_line(error)})") from None
 
 
 def _builtin_or_path(model: str | Path) -> Path:
@@ -117,22 +158,68 @@ def validate_weights(component_dir: Path, required: bool) -> list[Path]:
     return files
 
 
+_ITEM_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8,
+              "U16": 16, "U32": 32, "U64": 64, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4,
+              "F6_E2M3": 6, "F6_E3M2": 6}
+
+
 def check_safetensors(path: Path) -> dict:
-    """Parse the header and check that every tensor's bytes lie inside the file; return the header."""
-    size = path.stat().st_size
+    """Parse the header and check it before anything is allocated: a JSON object of entries with a known dtype,
+    a shape of non-negative integers, and data offsets that hold exactly that many bytes inside the file and
+    cover the data region without overlap. Returns the header; InputError (one line) for anything else."""
     try:
+        size = path.stat().st_size
         with path.open("rb") as handle:
             (header_len,) = struct.unpack("<Q", handle.read(8))
             if header_len > size - 8:
                 raise ValueError("header length beyond end of file")
             header = json.loads(handle.read(header_len))
-    except (struct.error, ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: corrupt or truncated safetensors file ({error})") from None
-    data_size = size - 8 - header_len
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise InputError(f"{path}: corrupt or truncated safetensors file ({_one_line(error)})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
+    _check_entries(path, header, size - 8 - header_len)
+    return header
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200]
+
+
+def _check_entries(path: Path, header: dict, data_size: int) -> None:
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise InputError(f"{path}: corrupt safetensors metadata (not a map of strings)")
+            continue
+        if not isinstance(entry, dict):
+            raise InputError(f"{path}: tensor {name!r}: corrupt header entry")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _ITEM_BITS:
+            raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise InputError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise InputError(f"{path}: tensor {name!r} has invalid data offsets {offsets!r}")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if offsets[1] - offsets[0] != (numel * _ITEM_BITS[dtype] + 7) // 8:
+            raise InputError(f"{path}: tensor {name!r}: {offsets[1] - offsets[0]} bytes stored for shape {shape} "
+                             f"of {dtype}")
+        spans.append(offsets)
+    end = max((o[1] for o in spans), default=0)
     if end > data_size:
         raise InputError(f"{path}: truncated safetensors file (tensors need {end} bytes, file has {data_size})")
-    return header
+    position = 0
+    for start, stop in sorted(spans):
+        if start != position:
+            raise InputError(f"{path}: corrupt safetensors file (tensor data overlaps or leaves a gap at byte {start})")
+        position = stop
+    if position != data_size:
+        raise InputError(f"{path}: corrupt safetensors file ({data_size - position} bytes after the last tensor)")
 
 
 def tensor_info(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -185,9 +272,11 @@ def build_on_meta(checkpoint: Checkpoint) -> torch.nn.Module:
     config = read_json(checkpoint.denoiser_dir / "config.json")
     from .pruning.slicing import apply_structure
 
+    where = str(checkpoint.denoiser_dir)
     with torch.device("meta"):
-        model = cls.from_config(config)
-        apply_structure(model, (config.get("quantization_config") or {}).get("structure"), str(checkpoint.denoiser_dir))
+        model = model_from_config(cls, config, where)
+        qconfig = config.get("quantization_config") or {}
+        apply_structure(model, qconfig.get("structure") if isinstance(qconfig, dict) else None, where)
     return model
 
 

@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .checkpoint import Checkpoint, check_safetensors, load_pipeline, read_json
+from .checkpoint import Checkpoint, check_safetensors, load_pipeline, model_from_config, read_json
 from .compression.modules import OPTIONAL_BUFFERS, QUANTIZATION_BUFFERS, set_backends
 from .compression.surgery import compressed_layers, kind_of, replace_module, replacement_by_kind
-from .errors import InputError, IntegrityError, OutputExistsError
+from .errors import DiffpressError, InputError, IntegrityError, OutputExistsError
 from .pruning.slicing import apply_structure
 from .recipe import QuantSpec
 
@@ -114,7 +114,13 @@ def verify_manifest(root: Path, only: str | None = None) -> dict:
     if not path.is_file():
         raise IntegrityError(f"{root}: no {MANIFEST_NAME}; not a diffpress-compressed model")
     manifest = read_json(path)
-    for name, expected in manifest.get("sha256", {}).items():
+    checksums = manifest.get("sha256", {})
+    if not isinstance(checksums, dict):
+        raise IntegrityError(f"{path}: sha256 is not a mapping of file to checksum")
+    for name, expected in checksums.items():
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise IntegrityError(f"{path}: lists {name!r}, a path outside the model directory")
         if only is not None and not name.startswith(only + "/"):
             continue
         file = root / name
@@ -261,21 +267,37 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
 
     config = read_json(directory / CONFIG_NAME)
     qconfig = config.pop("quantization_config", None)
-    if not qconfig or qconfig.get("quant_method") != QUANT_METHOD:
+    if not isinstance(qconfig, dict) or qconfig.get("quant_method") != QUANT_METHOD:
         raise InputError(f"{directory}: config.json has no diffpress quantization_config")
-    if qconfig.get("format_version", 0) > FORMAT_VERSION:
+    version = qconfig.get("format_version", 0)
+    if type(version) is not int:
+        raise IntegrityError(f"{directory}: format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise InputError(f"{directory}: format version {qconfig['format_version']} is newer than this "
                          f"diffpress understands ({FORMAT_VERSION}); upgrade diffpress")
-    cls = getattr(diffusers, config.get("_class_name", ""), None)
-    if cls is None:
-        raise InputError(f"{directory}: unknown diffusers class {config.get('_class_name')!r}")
-    dtype = torch_dtype or getattr(torch, qconfig.get("torch_dtype", "float32"))
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise InputError(f"{directory}: unknown diffusers class {name!r}")
+    dtype = _stored_dtype(qconfig.get("torch_dtype", "float32"), directory) if torch_dtype is None else torch_dtype
+    layers = qconfig.get("layers")
+    if not isinstance(layers, dict):
+        raise IntegrityError(f"{directory}: quantization_config.layers is not a mapping")
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise IntegrityError(f"{weights}: missing")
+    check_safetensors(weights)
     with torch.device("meta"), _default_dtype(dtype):  # buffers built as diffusers builds them for this dtype
-        model = cls.from_config(config)
+        model = model_from_config(cls, config, str(directory), weights.stat().st_size)
         apply_structure(model, qconfig.get("structure"), str(directory))
-    check_safetensors(directory / WEIGHTS_NAME)
-    state = load_file(directory / WEIGHTS_NAME)
-    install_shells(model, qconfig["layers"], {k: (tuple(t.shape), t.dtype) for k, t in state.items()}, directory)
+    state = load_file(weights)
+    try:
+        install_shells(model, layers, {k: (tuple(t.shape), t.dtype) for k, t in state.items()}, directory)
+    except DiffpressError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
+        raise IntegrityError(f"{directory}: corrupt quantization_config.layers ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:200]})") from None
     if torch_dtype is not None:
         state = _cast_float_tensors(state, torch_dtype, exact=_quantization_buffer_names(qconfig["layers"]))
     _assign_state_dict(model, state, directory)
@@ -287,6 +309,15 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
     if device is not None:
         model.to(device)
     return set_backends(model.eval(), backend)
+
+
+_STORED_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _stored_dtype(name, directory: Path) -> torch.dtype:
+    if name not in _STORED_DTYPES:
+        raise IntegrityError(f"{directory}: torch_dtype {name!r} is not one of {', '.join(_STORED_DTYPES)}")
+    return getattr(torch, name)
 
 
 @contextlib.contextmanager

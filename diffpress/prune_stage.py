@@ -115,7 +115,7 @@ class PruneStage:
     unit: Unit | None = None  # default: blocks when remove_blocks is given or the method is oneshot, else width
     remove_blocks: int | None = None
     recover_steps: int = 0  # distillation steps from the float model after pruning (0: none)
-    recover_learning_rate: float = 1e-3
+    recover_learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         for name, kind in (("cost", Cost), ("method", Method), ("scope", Scope), ("unit", Unit)):

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import InputError
+from ..errors import DiffpressError, InputError
 from .buckets import TimestepBuckets
 from .reservoir import ReservoirEntry
 from .stats import ActStats
@@ -98,6 +98,16 @@ class CalibrationSet:
         from ..checkpoint import check_safetensors
 
         check_safetensors(path)
+        try:
+            return cls._parse(path)
+        except DiffpressError:
+            raise
+        except (SafetensorError, KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+            raise InputError(f"{path}: corrupt diffpress calibration file ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:200]})") from None
+
+    @classmethod
+    def _parse(cls, path: Path) -> "CalibrationSet":
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != FORMAT:
@@ -146,6 +156,9 @@ def _load_reservoir(path: Path, index: dict) -> dict[int, list[ReservoirEntry]]:
         shard = _shard_path(path, bucket)
         if not shard.is_file():
             raise InputError(f"{shard}: reservoir shard missing (it is written beside {path.name})")
+        from ..checkpoint import check_safetensors
+
+        check_safetensors(shard)
         with safe_open(str(shard), framework="pt") as handle:
             tensors: dict[int, dict[str, torch.Tensor]] = {}
             for key in handle.keys():

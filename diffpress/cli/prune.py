@@ -63,8 +63,8 @@ def register(subparsers) -> None:
     recover.add_argument("--recover-steps", dest="recover_steps", type=options.integer(0), default=0, metavar="K",
                          help="Adam steps on replayed calibration calls, output plus normalized block-feature loss "
                               "(default 0: none); the loss curve is saved as recovery.json")
-    recover.add_argument("--recover-lr", dest="recover_learning_rate", type=options.number(0), default=1e-3,
-                         metavar="LR", help="learning rate of the recovery (default 1e-3)")
+    recover.add_argument("--recover-lr", dest="recover_learning_rate", type=options.number(0), default=1e-4,
+                         metavar="LR", help="learning rate of the recovery (default 1e-4)")
     options.add_calibration(parser, "prompts or labels to prune on, and calibration for taylor/activation/oneshot "
                                     "and recovery")
     parser.set_defaults(handler=run)

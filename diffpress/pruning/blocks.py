@@ -65,9 +65,15 @@ class PassThrough(nn.Module):
 
 def _output_class(path: str):
     module, _, name = path.partition(":")
-    if not module.startswith("diffusers."):
+    found = None
+    if module.startswith("diffusers.") and name.isidentifier():
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            found = None
+    if not (isinstance(found, type) and dataclasses.is_dataclass(found)):
         raise IntegrityError(f"a removed block's output class {path!r} is not a diffusers output")
-    return getattr(importlib.import_module(module), name)
+    return found
 
 
 @dataclass
@@ -213,15 +219,22 @@ def without(model: nn.Module, blocks: list[Block]):
 def apply_removed(model: nn.Module, removed: dict, where: str = "checkpoint") -> None:
     """Replace the blocks named in a saved `removed` record by their pass-throughs (usually on a meta skeleton)."""
     for fqn, entry in removed.items():
+        if not fqn:
+            raise IntegrityError(f"{where}: the pruning structure removes the whole model")
         try:
             module = model.get_submodule(fqn)
-        except AttributeError:
+        except (AttributeError, TypeError):
             raise IntegrityError(f"{where}: the pruning structure removes {fqn!r}, which this model does not have") \
                 from None
-        if not isinstance(entry, dict) or entry.get("kind") != type(module).__name__:
-            raise IntegrityError(f"{where}: the pruning structure removes {fqn!r} as a {entry.get('kind')!r} "
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind != type(module).__name__:
+            raise IntegrityError(f"{where}: the pruning structure removes {fqn!r} as a {kind!r} "
                                  f"but the model has a {type(module).__name__} there")
-        container = entry.get("container")
+        parameters, returns, container = entry.get("parameters"), entry.get("returns"), entry.get("container")
+        if not (isinstance(parameters, list) and all(isinstance(p, str) for p in parameters)
+                and isinstance(returns, list) and returns and all(r is None or r in parameters for r in returns)
+                and isinstance(container, str)):
+            raise IntegrityError(f"{where}: the pruning structure's record of removed block {fqn!r} is malformed")
         if container not in (TENSOR, TUPLE):
-            _output_class(str(container))
-        replace_module(model, fqn, PassThrough(entry["parameters"], entry["returns"], container))
+            _output_class(container)
+        replace_module(model, fqn, PassThrough(parameters, returns, container))

@@ -143,6 +143,9 @@ def apply_structure(model: nn.Module, structure: dict | None, where: str = "chec
 
     if not structure:
         return
+    if not isinstance(structure, dict) or not isinstance(structure.get("groups", {}), dict) \
+            or not isinstance(structure.get("removed", {}), dict):
+        raise IntegrityError(f"{where}: the pruning structure is not a mapping of groups and removed blocks")
     if structure.get("version") not in (STRUCTURE_VERSION, BLOCKS_VERSION):
         raise IntegrityError(f"{where}: pruning structure version {structure.get('version')!r} is not "
                              f"{STRUCTURE_VERSION} or {BLOCKS_VERSION}; upgrade diffpress")
@@ -156,7 +159,8 @@ def apply_structure(model: nn.Module, structure: dict | None, where: str = "chec
     chosen, kept = [], []
     for name, entry in record.items():
         group = groups[name]
-        if entry.get("count") != group.count or not 0 <= int(entry.get("kept", -1)) <= group.count:
+        if not isinstance(entry, dict) or entry.get("count") != group.count or type(entry.get("kept")) is not int \
+                or not 0 <= entry["kept"] <= group.count or (entry["kept"] < group.min_kept):
             raise IntegrityError(f"{where}: pruning structure of {name!r} ({entry}) does not fit the model "
                                  f"({group.count} {group.kind.value}s)")
         chosen.append(group)
