@@ -6,7 +6,8 @@ For each fraction of the removable blocks, the one-shot set is removed (diffpres
 the weights do not change the time) and one representative denoiser call (the first calibration call,
 the whole calibration batch) is timed: median of `--calls` calls after 3 warm-up calls, one process,
 nothing else should run. Reports the time ratio against the float model beside the MACs and
-parameter ratios. Writes bench/results/layer-speed-NAME.json.
+parameter ratios, and the same for a width-pruned model (taylor) at the depth-pruned parameter count
+(depth against width for speed at equal parameters). Writes bench/results/layer-speed-NAME.json.
 """
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ def main() -> None:
                      "time_kept": round(seconds / base, 4),
                      "macs_kept": round(result.macs_after / result.macs_before, 4),
                      "params_kept": round(result.params_after / result.params_before, 4)})
+        print(json.dumps(rows[-1]), flush=True)
+        width = diffpress.prune(args.model, rows[-1]["params_kept"], None, method="taylor", calibration=calibration)
+        seconds = seconds_per_call(find_denoiser(width.model).eval(), kwargs, args.calls)
+        rows.append({"width_pruned_to_params": rows[-1]["params_kept"], "method": "taylor",
+                     "seconds_per_call": round(seconds, 5), "time_kept": round(seconds / base, 4),
+                     "macs_kept": round(width.result.macs_after / width.result.macs_before, 4),
+                     "params_kept": round(width.result.params_after / width.result.params_before, 4)})
         print(json.dumps(rows[-1]), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = Path(__file__).parent / "results" / f"layer-speed-{args.model.split(':')[-1]}.json"

@@ -115,7 +115,7 @@ class MixedPrecision:
             raise InputError(f"{where}: expected a mapping (avg_bits or max_bytes, candidates, ...), got {data!r}")
         budget_keys = {f.name for f in fields(Budget)}
         other_keys = {f.name for f in fields(cls)} - {"budget"}
-        unknown = sorted(set(data) - budget_keys - other_keys)
+        unknown = sorted(set(data) - budget_keys - other_keys, key=str)
         if unknown:
             raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(budget_keys | other_keys))}")
         try:
@@ -168,7 +168,7 @@ class Plan:
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a mapping (default/rules, or mixed), got {type(data).__name__}")
         allowed = {"prune", MIXED, *RECIPE_KEYS}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - allowed, key=str)
         if unknown:
             raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
         prune = _prune_stages(data.get("prune"), f"{where}: prune")

@@ -183,7 +183,7 @@ class PruneStage:
             raise InputError(f"{where}: expected a mapping (target_params or target_macs, method, ...), got {data!r}")
         allowed = {"target_params", "target_macs", "target_latency", "remove_blocks", "unit", "method", "scope",
                    "steps", "guidance_scale", "learn", "seed", "recover_steps", "recover_learning_rate"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - allowed, key=str)
         if unknown:
             raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
         targets = [k for k in ("target_params", "target_macs", "target_latency", "remove_blocks") if k in data]
@@ -200,7 +200,7 @@ class PruneStage:
 
 def _learn_options(data: dict) -> LearnOptions:
     known = {f.name for f in fields(LearnOptions)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
         raise InputError(f"learn: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(known))}", "learn")
     return LearnOptions(**data)

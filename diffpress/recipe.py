@@ -143,7 +143,7 @@ class QuantSpec:
 
 
 def _named(value, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(set(value) - allowed, key=str)
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
