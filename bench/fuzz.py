@@ -28,7 +28,7 @@ import fuzz_targets  # noqa: E402
 def fuzz(target, cases: int, root: Path) -> dict:
     counts = collections.Counter()
     messages: collections.Counter = collections.Counter()
-    failures: dict[str, int] = {}
+    failures: dict[str, dict] = {}
     slowest = 0.0
     started = time.perf_counter()
     for seed in range(cases):
@@ -44,7 +44,8 @@ def fuzz(target, cases: int, root: Path) -> dict:
             kind = "hangs" if "hang:" in text else "slow" if "took" in text else \
                 "writes" if "wrote" in text else "crashes"
             counts[kind] += 1
-            failures.setdefault(text[:300], seed)
+            failure = failures.setdefault(text[:300], {"first_seed": seed, "count": 0})
+            failure["count"] += 1
         slowest = max(slowest, time.perf_counter() - began)
         shutil.rmtree(directory, ignore_errors=True)
     return {"reader": target.name, "cases": cases, "loaded": counts["loaded"], "refused": counts["refused"],
@@ -66,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--targets", nargs="+", default=None)
+    parser.add_argument("--merge", action="store_true", help="keep the result file's rows of the other readers")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = []
@@ -79,9 +81,17 @@ def main() -> None:
     import torch
 
     out = Path(__file__).parent / "results" / "fuzz.json"
+    command = "python bench/fuzz.py " + " ".join(sys.argv[1:])
+    for row in rows:
+        row.update(commit=commit, command=command)
+    if args.merge and out.exists():
+        previous = json.loads(out.read_text())
+        fresh = {row["reader"] for row in rows}
+        rows = [{"commit": previous.get("commit"), "command": previous.get("command"), **row}
+                for row in previous["rows"] if row["reader"] not in fresh] + rows
     out.write_text(json.dumps({"benchmark": "fuzz", "date": date.today().isoformat(), "commit": commit,
                                "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
-                               "command": "python bench/fuzz.py " + " ".join(sys.argv[1:]), "rows": rows},
+                               "command": command, "rows": rows},
                               indent=1) + "\n")
     print(f"wrote {out}")
 

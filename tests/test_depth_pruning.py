@@ -207,3 +207,16 @@ def test_learned_depth_groups_spread_removals_and_learn_to_drop_an_identity_bloc
     learned = learn_depth(model, found, 1, calibration, iterations=40, learning_rate=0.1)
     assert [b.name for b in learned.removed] == ["transformer_blocks.0"]
     assert learned.probabilities[0][1] > 0.5
+
+
+def test_recovery_runs_after_structured_pruning_too():
+    from diffpress.pruning import prune_denoiser
+
+    model, inputs = build("pixart")
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    stage = PruneStage(0.7, method="magnitude", recover_steps=20, recover_learning_rate=1e-3)
+    result = prune_denoiser(model, stage, calibration=calibration)
+    assert result.params_after < result.params_before and result.structure["groups"]
+    assert result.recovery is not None and len(result.recovery.losses) == 20
+    assert result.recovery.output_loss_after < result.recovery.output_loss_before
