@@ -252,7 +252,12 @@ def _verified_denoiser_component(root: Path) -> str | None:
     save_pretrained holds one in its denoiser's directory instead (the model saves its own).
     """
     if (root / MANIFEST_NAME).is_file() or not (root / "model_index.json").is_file():
-        return verify_manifest(root).get("denoiser_component")
+        component = verify_manifest(root).get("denoiser_component")
+        if component is not None and not (isinstance(component, str) and component.isidentifier()
+                                          and (root / component).is_dir()):
+            raise IntegrityError(f"{root / MANIFEST_NAME}: denoiser_component {component!r} is not a component "
+                                 "directory of this pipeline")
+        return component
     from .checkpoint import denoiser_component
 
     component = denoiser_component(root)

@@ -1,7 +1,7 @@
 """Learnable depth (TinyFusion): which blocks to remove, learned with N:M group gates.
 
-The removable blocks are split, in order and by class, into local groups of `group_size` (M)
-consecutive blocks; group g keeps N_g of its M blocks (the removals spread as evenly as the count
+The removable blocks of each class are split, in model order, into local groups of `group_size` (M)
+blocks (a transformer's consecutive blocks; a UNet's ResNets and its attention blocks); group g keeps N_g of its M blocks (the removals spread as evenly as the count
 allows). Each group has one logit per keep-combination (C(M, N_g) of them). Every step draws a hard
 one-hot combination per group with Gumbel-softmax and a straight-through gradient, at a temperature
 annealed from 4 to 0.1, and each block's output becomes
@@ -44,14 +44,14 @@ class BlockGroup:
 
 
 def block_groups(blocks: list[Block], remove: int, group_size: int = 4) -> list[BlockGroup]:
-    """Consecutive blocks of one class in groups of at most `group_size`; `remove` removals spread evenly
-    (each group keeps at least one block)."""
-    runs: list[list[Block]] = []
+    """The blocks of each class, in model order, in local groups of at most `group_size` (a transformer's
+    consecutive blocks; a UNet's ResNets and its attention blocks, each in order); `remove` removals spread
+    evenly (each group keeps at least one block)."""
+    by_kind: dict[str, list[Block]] = {}
     for block in blocks:
-        if runs and runs[-1][-1].kind == block.kind and len(runs[-1]) < group_size:
-            runs[-1].append(block)
-        else:
-            runs.append([block])
+        by_kind.setdefault(block.kind, []).append(block)
+    runs = [members[start:start + group_size] for members in by_kind.values()
+            for start in range(0, len(members), group_size)]
     removable = sum(len(run) - 1 for run in runs)
     if not 0 < remove <= removable:
         raise InputError(f"the learned depth mask can remove 1 to {removable} blocks here (each group of up to "
