@@ -55,26 +55,29 @@ class _SizeBudget(TorchDispatchMode):
     """Counts the bytes of the tensors a model's constructor creates; past `limit`, InputError (so a config that
     declares a huge model fails fast instead of looping or allocating)."""
 
-    def __init__(self, limit: int, where: str) -> None:
+    def __init__(self, limit: int, tensors: int, where: str) -> None:
         super().__init__()
-        self.limit, self.where, self.used = limit, where, 0
+        self.limit, self.tensors, self.where, self.used, self.count = limit, tensors, where, 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
         if func in (torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default):
             self.used += output.numel() * output.element_size()
-            if self.used > self.limit:
+            self.count += 1
+            if self.used > self.limit or self.count > self.tensors:
                 raise InputError(f"{self.where}: the config declares a model far larger than its weights "
-                                 f"(over {self.limit:,} bytes of tensors for the stored weights)")
+                                 f"(over {self.limit:,} bytes or {self.tensors:,} tensors for the stored weights)")
         return output
 
 
-def model_from_config(cls, config: dict, where: str, weights_bytes: int | None = None):
+def model_from_config(cls, config: dict, where: str, weights_bytes: int | None = None,
+                      weights_tensors: int | None = None):
     """`cls.from_config(config)` on the current (meta) device, for a config from a file: any failure is one
-    InputError naming `where`; with `weights_bytes`, a config declaring a model more than 16x the stored
-    weights (+16 MiB) is refused before it is built."""
-    budget = _SizeBudget(16 * weights_bytes + (16 << 20), where) if weights_bytes is not None else \
-        contextlib.nullcontext()
+    InputError naming `where`; with `weights_bytes` and `weights_tensors`, a config declaring a model of more
+    than 16x the stored bytes (+1 MiB) or 4x the stored tensors (+256) is refused while it is built."""
+    budget = contextlib.nullcontext()
+    if weights_bytes is not None:
+        budget = _SizeBudget(16 * weights_bytes + (1 << 20), 4 * (weights_tensors or 0) + 256, where)
     try:
         with budget:
             return cls.from_config(config)

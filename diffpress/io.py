@@ -291,9 +291,9 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise IntegrityError(f"{weights}: missing")
-    check_safetensors(weights)
+    stored = len(check_safetensors(weights))
     with torch.device("meta"), _default_dtype(dtype):  # buffers built as diffusers builds them for this dtype
-        model = model_from_config(cls, config, str(directory), weights.stat().st_size)
+        model = model_from_config(cls, config, str(directory), weights.stat().st_size, stored)
         apply_structure(model, qconfig.get("structure"), str(directory))
     state = load_file(weights)
     try:
