@@ -86,9 +86,16 @@ def combined_rows(args, settings, reference, scratch: Path) -> list[dict]:
         alone = diffpress.compress(args.model, preset, scratch / preset)
         budget = diffpress.MixedPrecision(diffpress.Budget(max_bytes=_allocated_bytes(both.out)),
                                           candidates=("w8a8-int8", "w4a8-int"), image_layers=0)
-        mixed = diffpress.compress(args.model, budget, scratch / f"mixed-{preset}")
-        for label, result in ((f"learned 20% + {preset}", both), (f"{preset} alone", alone),
-                              (f"mixed w8a8/w4a8 at the bytes of learned 20% + {preset}", mixed)):
+        label = f"mixed w8a8/w4a8 at the bytes of learned 20% + {preset}"
+        try:
+            mixed = diffpress.compress(args.model, budget, scratch / f"mixed-{preset}")
+        except diffpress.DiffpressError as error:  # fewer bytes than every layer at w4a8: no mixed model
+            mixed = None
+            rows.append({"model": label, "infeasible": str(error)})
+            print(json.dumps(rows[-1]), flush=True)
+        for label, result in ((f"learned 20% + {preset}", both), (f"{preset} alone", alone), (label, mixed)):
+            if result is None:
+                continue
             row = {"model": label, "weight_bytes": result.bytes_after,
                    **row_of(evaluate_pipeline(reference, io.load(result.out)), settings)}
             print(json.dumps(row), flush=True)
