@@ -40,8 +40,8 @@ def quality(result, settings: EvalSettings, float_seconds: float) -> dict:
             "time_vs_float": round(per_step / float_seconds, 3)}
 
 
-def prune_row(args, settings, reference, float_seconds, fraction, method, recover, out=None) -> tuple[dict, object]:
-    blocks = len(diffpress.removable_blocks(args.model)[0])
+def prune_row(args, settings, reference, float_seconds, blocks, fraction, method, recover,
+              out=None) -> tuple[dict, object]:
     count = max(1, round(fraction * blocks))
     started = time.perf_counter()
     outcome = diffpress.prune(args.model, None, out, remove_blocks=count, method=method,
@@ -86,13 +86,15 @@ def main() -> None:
                         "seconds_per_step": round(float_seconds, 4)},
               "rows": [], "combined": []}
     out = Path(__file__).parent / "results" / f"layer-pruning-{args.model.split(':')[-1]}.json"
+    blocks = len(diffpress.removable_blocks(args.model)[0])
     with tempfile.TemporaryDirectory() as scratch:
         for fraction in args.fractions:
             for method in args.methods:
                 for recover in (False, True):
                     target = Path(scratch) / f"{method}-{fraction}" if (args.combined and method == "oneshot"
                                                                         and recover and fraction == max(args.fractions)) else None
-                    row, _ = prune_row(args, settings, reference, float_seconds, fraction, method, recover, target)
+                    row, _ = prune_row(args, settings, reference, float_seconds, blocks, fraction, method, recover,
+                                       target)
                     result["rows"].append(row)
                     out.write_text(json.dumps(result, indent=1) + "\n")
         if args.combined:

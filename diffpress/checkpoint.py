@@ -17,7 +17,7 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import DiffpressError, InputError
+from .errors import DiffpressError, InputError, one_line
 
 DENOISER_COMPONENTS = ("transformer", "unet")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -45,7 +45,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise InputError(f"{path}: not readable JSON ({_one_line(error)})") from None
+        raise InputError(f"{path}: not readable JSON ({one_line(error)})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a JSON object")
     return data
@@ -85,7 +85,7 @@ def model_from_config(cls, config: dict, where: str, weights_bytes: int | None =
         raise
     except Exception as error:  # a hostile config reaches any constructor's code
         raise InputError(f"{where}: config.json does not build a {cls.__name__} ({type(error).__name__}: "
-                         f"{_one_line(error)})") from None
+                         f"{one_line(error)})") from None
 
 
 def _builtin_or_path(model: str | Path) -> Path:
@@ -178,15 +178,11 @@ def check_safetensors(path: Path) -> dict:
                 raise ValueError("header length beyond end of file")
             header = json.loads(handle.read(header_len))
     except (OSError, struct.error, ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise InputError(f"{path}: corrupt or truncated safetensors file ({_one_line(error)})") from None
+        raise InputError(f"{path}: corrupt or truncated safetensors file ({one_line(error)})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
     _check_entries(path, header, size - 8 - header_len)
     return header
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200]
 
 
 def _check_entries(path: Path, header: dict, data_size: int) -> None:

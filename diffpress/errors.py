@@ -28,6 +28,11 @@ class OutputExistsError(DiffpressError):
     """The output directory exists and overwriting was not requested."""
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line (whitespace collapsed), at most `limit` characters."""
+    return " ".join(str(error).split())[:limit]
+
+
 def require_int(value, name: str, minimum: int) -> None:
     """InputError naming `name` unless `value` is an integer (not a bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

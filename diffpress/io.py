@@ -29,7 +29,7 @@ from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, load_pipeline, model_from_config, read_json
 from .compression.modules import OPTIONAL_BUFFERS, QUANTIZATION_BUFFERS, set_backends
 from .compression.surgery import compressed_layers, kind_of, replace_module, replacement_by_kind
-from .errors import DiffpressError, InputError, IntegrityError, OutputExistsError
+from .errors import DiffpressError, InputError, IntegrityError, OutputExistsError, one_line
 from .pruning.slicing import apply_structure
 from .recipe import QuantSpec
 
@@ -302,7 +302,7 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as error:
         raise IntegrityError(f"{directory}: corrupt quantization_config.layers ({type(error).__name__}: "
-                             f"{' '.join(str(error).split())[:200]})") from None
+                             f"{one_line(error)})") from None
     if torch_dtype is not None:
         state = _cast_float_tensors(state, torch_dtype, exact=_quantization_buffer_names(qconfig["layers"]))
     _assign_state_dict(model, state, directory)

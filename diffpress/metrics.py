@@ -16,6 +16,12 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
+def relative_error(reference: torch.Tensor, approximation: torch.Tensor) -> torch.Tensor:
+    """|approx - ref|^2 / |ref|^2 as a differentiable tensor (float32 at least): 10^(-SQNR/10)."""
+    reference = reference.float().to(approximation.device)
+    return (approximation.float() - reference).square().sum() / reference.square().sum().clamp_min(1e-30)
+
+
 def psnr_db(reference: torch.Tensor, approximation: torch.Tensor, data_range: float = 1.0) -> float:
     """PSNR (dB) of images in [0, data_range], over the whole batch (torchmetrics)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio

@@ -220,3 +220,15 @@ def test_recovery_runs_after_structured_pruning_too():
     assert result.params_after < result.params_before and result.structure["groups"]
     assert result.recovery is not None and len(result.recovery.losses) == 20
     assert result.recovery.output_loss_after < result.recovery.output_loss_before
+
+
+def test_a_latency_budget_measures_each_block_and_removes_until_it_is_met():
+    from diffpress.pruning import prune_denoiser
+
+    model, inputs = build("flux")
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    result = prune_denoiser(model, PruneStage(0.95, Cost.LATENCY, method="random"), calibration=calibration)
+    assert result.stage.unit is Unit.BLOCKS
+    assert all(block.seconds > 0 for block in result.blocks)
+    assert len(result.removed) == 1 and result.params_after < result.params_before

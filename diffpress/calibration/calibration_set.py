@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import DiffpressError, InputError
+from ..errors import DiffpressError, InputError, one_line
 from .buckets import TimestepBuckets
 from .reservoir import ReservoirEntry
 from .stats import ActStats
@@ -104,7 +104,7 @@ class CalibrationSet:
             raise
         except (SafetensorError, KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
             raise InputError(f"{path}: corrupt diffpress calibration file ({type(error).__name__}: "
-                             f"{' '.join(str(error).split())[:200]})") from None
+                             f"{one_line(error)})") from None
 
     @classmethod
     def _parse(cls, path: Path) -> "CalibrationSet":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,11 +24,13 @@ from torch import nn
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
 from ..errors import InputError
+from ..metrics import relative_error
 from ..prune_stage import Cost
 from .blocks import Block, without
 
 
-def _outputs(denoiser: nn.Module, entries) -> list[torch.Tensor]:
+def denoiser_outputs(denoiser: nn.Module, entries) -> list[torch.Tensor]:
+    """The denoiser's output tensor (float32) for each replayed calibration call."""
     with torch.no_grad():
         return [output_tensor(denoiser(**entry.call_kwargs())).float() for entry in entries]
 
@@ -46,18 +49,18 @@ def removal_losses(denoiser: nn.Module, blocks: Sequence[Block], calibration: Ca
     from tqdm.auto import tqdm
 
     entries = calibration_entries(calibration, per_bucket)
-    references = _outputs(denoiser, entries)
+    references = denoiser_outputs(denoiser, entries)
     losses = []
     for block in tqdm(blocks, desc="single-removal loss", unit="block", disable=not progress):
         with without(denoiser, [block]):
-            losses.append(_set_loss(denoiser, entries, references))
+            losses.append(output_error(denoiser, entries, references))
     return losses
 
 
-def _set_loss(denoiser, entries, references) -> float:
-    outputs = _outputs(denoiser, entries)
-    errors = [float((o - r).square().sum() / r.square().sum().clamp_min(1e-30)) for o, r in zip(outputs, references)]
-    return sum(errors) / len(errors)
+def output_error(denoiser: nn.Module, entries, references: list[torch.Tensor]) -> float:
+    """Mean relative output error of `denoiser` on the replayed calls against the `references` outputs."""
+    outputs = denoiser_outputs(denoiser, entries)
+    return sum(float(relative_error(r, o)) for o, r in zip(outputs, references)) / len(outputs)
 
 
 @dataclass
@@ -91,14 +94,11 @@ def _ranks(values: list[float]) -> list[float]:
 
 
 def _pearson(a: list[float], b: list[float]) -> float:
-    n = len(a)
-    if n < 2:
+    """Pearson correlation; NaN where it is undefined (fewer than two points, or a constant side)."""
+    try:
+        return statistics.correlation(a, b)
+    except statistics.StatisticsError:
         return float("nan")
-    mean_a, mean_b = sum(a) / n, sum(b) / n
-    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(a, b))
-    var_a = sum((x - mean_a) ** 2 for x in a)
-    var_b = sum((y - mean_b) ** 2 for y in b)
-    return cov / math.sqrt(var_a * var_b) if var_a > 0 and var_b > 0 else float("nan")
 
 
 def additivity(denoiser: nn.Module, blocks: Sequence[Block], losses: Sequence[float], calibration: CalibrationSet,
@@ -106,7 +106,7 @@ def additivity(denoiser: nn.Module, blocks: Sequence[Block], losses: Sequence[fl
     """Remove `sets` random sets of 2 .. len(blocks)//2 blocks and compare each measured loss with the sum of
     its members' single-removal losses."""
     entries = calibration_entries(calibration, per_bucket)
-    references = _outputs(denoiser, entries)
+    references = denoiser_outputs(denoiser, entries)
     rng = random.Random(seed)
     largest = max(2, len(blocks) // 2)
     sizes, predicted, measured = [], [], []
@@ -114,7 +114,7 @@ def additivity(denoiser: nn.Module, blocks: Sequence[Block], losses: Sequence[fl
         size = rng.randint(2, largest) if len(blocks) >= 2 else len(blocks)
         chosen = rng.sample(range(len(blocks)), size)
         with without(denoiser, [blocks[i] for i in chosen]):
-            measured.append(_set_loss(denoiser, entries, references))
+            measured.append(output_error(denoiser, entries, references))
         sizes.append(size)
         predicted.append(sum(losses[i] for i in chosen))
     return Additivity(sizes, predicted, measured)
@@ -134,12 +134,12 @@ def block_seconds(denoiser: nn.Module, blocks: Sequence[Block], calibration: Cal
         handles.append(module.register_forward_hook(lambda m, a, o, name=block.name: spent.__setitem__(
             name, spent[name] + time.perf_counter() - started[name])))
     try:
-        _outputs(denoiser, entries)  # warm-up
+        denoiser_outputs(denoiser, entries)  # warm-up
         for key in spent:
             spent[key] = 0.0
         begin = time.perf_counter()
         for _ in range(repeats):
-            _outputs(denoiser, entries)
+            denoiser_outputs(denoiser, entries)
         whole = (time.perf_counter() - begin) / (repeats * len(entries))
     finally:
         for handle in handles:

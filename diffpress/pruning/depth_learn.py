@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import time
 from dataclasses import dataclass
 
@@ -28,9 +27,11 @@ from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
+from ..metrics import relative_error
 from ..errors import InputError
 from .blocks import Block
-from .depth import calibration_entries
+from .depth import calibration_entries, denoiser_outputs
+from .training import frozen_weights, optimizer_step
 
 
 @dataclass
@@ -110,48 +111,36 @@ def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration:
     started = time.perf_counter()
     groups = block_groups(blocks, remove, group_size)
     entries = calibration_entries(calibration, per_bucket)
-    with torch.no_grad():
-        targets = [output_tensor(model(**e.call_kwargs())).float() for e in entries]
+    targets = denoiser_outputs(model, entries)
     logits = [torch.zeros(len(g.combinations), requires_grad=True) for g in groups]
     optimizer = torch.optim.Adam(logits, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
     gate: dict = {}
     losses = []
-    try:
-        with _gated_blocks(model, [b for g in groups for b in g.blocks], gate), \
-                tqdm(range(iterations), desc="learn depth", unit="it", disable=not progress) as bar:
-            for iteration in bar:
-                tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, iterations - 1))
-                gate.clear()
-                for group, logit in zip(groups, logits):
-                    gumbel = -torch.log(-torch.log(torch.rand(logit.shape, generator=generator).clamp(1e-9, 1 - 1e-9)))
-                    soft = torch.softmax((logit + gumbel) / tau, dim=0)
-                    hard = torch.zeros_like(soft)
-                    hard[soft.argmax()] = 1.0
-                    choice = hard + soft - soft.detach()  # straight-through
-                    for index, block in enumerate(group.blocks):
-                        keeps = [c for c, combo in enumerate(group.combinations) if index in combo]
-                        gate[block.name] = choice[keeps].sum()
-                call = iteration % len(entries)
-                with torch.enable_grad():
-                    output = output_tensor(model(**entries[call].call_kwargs())).float()
-                    loss = (output - targets[call]).square().sum() / targets[call].square().sum().clamp_min(1e-30)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+    with frozen_weights(model), _gated_blocks(model, [b for g in groups for b in g.blocks], gate), \
+            tqdm(range(iterations), desc="learn depth", unit="it", disable=not progress) as bar:
+        for iteration in bar:
+            tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, iterations - 1))
+            gate.clear()
+            for group, logit in zip(groups, logits):
+                gumbel = -torch.log(-torch.log(torch.rand(logit.shape, generator=generator).clamp(1e-9, 1 - 1e-9)))
+                soft = torch.softmax((logit + gumbel) / tau, dim=0)
+                hard = torch.zeros_like(soft)
+                hard[soft.argmax()] = 1.0
+                choice = hard + soft - soft.detach()  # straight-through
+                for index, block in enumerate(group.blocks):
+                    keeps = [c for c, combo in enumerate(group.combinations) if index in combo]
+                    gate[block.name] = choice[keeps].sum()
+            call = iteration % len(entries)
+            with torch.enable_grad():
+                loss = relative_error(targets[call], output_tensor(model(**entries[call].call_kwargs())))
+            optimizer_step(optimizer, loss, f"learning the depth mask at iteration {iteration}",
+                           "lower learning_rate")
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
     removed, probabilities = [], []
     for group, logit in zip(groups, logits):
         probabilities.append([round(p, 4) for p in torch.softmax(logit.detach(), 0).tolist()])
         kept = group.combinations[int(logit.detach().argmax())]
         removed += [b for i, b in enumerate(group.blocks) if i not in kept]
-    if not all(math.isfinite(x) for x in losses):
-        raise InputError("learning the depth mask diverged; lower learning_rate", "learning_rate")
     return LearnedDepth(removed, losses, probabilities, time.perf_counter() - started)

@@ -21,6 +21,7 @@ from torch import nn
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
 from .gates import GateSite
+from .training import frozen_weights
 from .units import PruneGroup
 
 
@@ -66,23 +67,16 @@ def taylor_scores(model: nn.Module, groups: list[PruneGroup], calibration: Calib
     generator = torch.Generator().manual_seed(seed)
     gates = [torch.ones(g.count, requires_grad=True) for g in groups]
     scores = [torch.zeros(g.count) for g in groups]
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    try:
-        with GateSite(model, groups) as site:
-            for entry in calibration.entries(per_bucket):
-                site.set(gates)
-                with torch.enable_grad():
-                    output = output_tensor(model(**entry.call_kwargs())).float()
-                    for _ in range(probes):
-                        direction = torch.randn(output.shape, generator=generator).to(output)
-                        grads = torch.autograd.grad((output * direction).sum(), gates, retain_graph=True)
-                        for score, grad in zip(scores, grads):
-                            score += grad.detach().float().square()
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+    with frozen_weights(model), GateSite(model, groups) as site:
+        for entry in calibration.entries(per_bucket):
+            site.set(gates)
+            with torch.enable_grad():
+                output = output_tensor(model(**entry.call_kwargs())).float()
+                for _ in range(probes):
+                    direction = torch.randn(output.shape, generator=generator).to(output)
+                    grads = torch.autograd.grad((output * direction).sum(), gates, retain_graph=True)
+                    for score, grad in zip(scores, grads):
+                        score += grad.detach().float().square()
     return scores
 
 

@@ -19,11 +19,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DiffpressError
 from ..prune_stage import LearnOptions
 from .gates import Gates, GateSite
 from .select import PruneBudget, unit_cost
 from .trajectory import Trajectory, final_latents
+from .training import frozen_weights, optimizer_step
 from .units import PruneGroup
 
 
@@ -56,32 +56,20 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     generator = torch.Generator().manual_seed(options.seed)
-    frozen = [p for p in denoiser.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
     losses, kept = [], []
-    try:
-        with GateSite(denoiser, groups) as site, tqdm(range(options.iterations), desc="learn mask", unit="it",
-                                                      disable=not progress) as bar:
-            for iteration in bar:
-                index = iteration % len(batches)
-                site.set(gates.sample(generator))
-                latent = final_latents(pipe, batches[index][0], batches[index][1], trajectory, grad=True,
-                                       site=site, checkpoint_steps=options.checkpoint_steps)
-                mse = (latent.float() - targets[index].float()).square().mean() / power[index]
-                fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
-                weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))
-                loss = mse + weight * torch.relu(fraction - budget.target)
-                if not torch.isfinite(loss):
-                    raise DiffpressError(f"mask learning diverged (loss {loss.item()}) at iteration {iteration}; "
-                                         "lower learning_rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(mse.detach()))
-                kept.append(float(fraction.detach()))
-                bar.set_postfix(mse=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+    with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
+            tqdm(range(options.iterations), desc="learn mask", unit="it", disable=not progress) as bar:
+        for iteration in bar:
+            index = iteration % len(batches)
+            site.set(gates.sample(generator))
+            latent = final_latents(pipe, batches[index][0], batches[index][1], trajectory, grad=True,
+                                   site=site, checkpoint_steps=options.checkpoint_steps)
+            mse = (latent.float() - targets[index].float()).square().mean() / power[index]
+            fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
+            weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))
+            loss = mse + weight * torch.relu(fraction - budget.target)
+            optimizer_step(optimizer, loss, f"mask learning at iteration {iteration}", "lower learning_rate")
+            losses.append(float(mse.detach()))
+            kept.append(float(fraction.detach()))
+            bar.set_postfix(mse=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
     return LearnedMask(gates, losses, kept, time.perf_counter() - started)

@@ -49,7 +49,7 @@ class PruneResult:
 
     def rows(self) -> list[tuple[str, str, int, int]]:
         """(group or block, kind, kept, count) of every group that lost units and every removed block."""
-        removed = {name for name in self.removed}
+        removed = set(self.removed)
         return [(g.name, g.kind.value, int(k.numel()), g.count) for g, k in zip(self.groups, self.kept)
                 if k.numel() != g.count] + [(b.name, b.kind, 0, 1) for b in self.blocks if b.name in removed]
 

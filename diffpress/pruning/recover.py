@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
-from ..errors import DiffpressError
+from ..metrics import relative_error
+from .depth import calibration_entries, output_error
+from .training import optimizer_step
 
 
 @dataclass
@@ -74,9 +76,7 @@ def _capturing(model: nn.Module, names: list[str], into: dict):
 def record_teacher(model: nn.Module, calibration: CalibrationSet, feature_blocks: list[str],
                    per_bucket: int = 2) -> TeacherTargets:
     """The float model's outputs and surviving-block outputs on `per_bucket` calibration calls per bucket."""
-    calls = calibration.entries(per_bucket)
-    if not calls:
-        raise DiffpressError("recovery needs replayable calibration calls; the calibration set has none")
+    calls = calibration_entries(calibration, per_bucket)
     outputs, features = [], []
     with torch.no_grad():
         for entry in calls:
@@ -87,17 +87,9 @@ def record_teacher(model: nn.Module, calibration: CalibrationSet, feature_blocks
     return TeacherTargets(calls, outputs, features)
 
 
-def _relative(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    teacher = teacher.to(student.device)
-    return (student.float() - teacher).square().sum() / teacher.square().sum().clamp_min(1e-30)
-
-
 def output_loss(model: nn.Module, teacher: TeacherTargets) -> float:
     """Mean relative output error of `model` against the teacher over every recorded call."""
-    with torch.no_grad():
-        errors = [float(_relative(output_tensor(model(**call.call_kwargs())), target))
-                  for call, target in zip(teacher.calls, teacher.outputs)]
-    return sum(errors) / len(errors)
+    return output_error(model, teacher.calls, teacher.outputs)
 
 
 def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate: float = 1e-4,
@@ -119,17 +111,12 @@ def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate
                 captured: dict = {}
                 with torch.enable_grad(), _capturing(model, names, captured):
                     output = output_tensor(model(**teacher.calls[index].call_kwargs()))
-                    step_output_loss = _relative(output, teacher.outputs[index])
-                    terms = [_relative(s, t) for name in names
+                    step_output_loss = relative_error(teacher.outputs[index], output)
+                    terms = [relative_error(t, s) for name in names
                              for s, t in zip(captured.get(name, []), teacher.features[index][name])]
                     feature_loss = torch.stack(terms).mean() if terms else step_output_loss.new_zeros(())
                     loss = step_output_loss + feature_weight * feature_loss
-                if not torch.isfinite(loss):
-                    raise DiffpressError(f"recovery diverged (loss {loss.item()}) at step {step}; lower the "
-                                         "recovery learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                optimizer_step(optimizer, loss, f"recovery at step {step}", "lower the recovery learning rate")
                 recovery.losses.append(float(loss.detach()))
                 recovery.output_losses.append(float(step_output_loss.detach()))
                 bar.set_postfix(loss=f"{recovery.losses[-1]:.4f}")
