@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__
 from .calibration import CalibrationOptions, CalibrationSet
 from .calibration import calibrate as run_calibration
 from .compression.allocate import Allocation, allocate_report
@@ -18,8 +19,10 @@ from .compression.sensitivity.measure import SensitivityOptions
 from .compression.sensitivity.report import SensitivityReport
 from .compression.swap import QuantizationReport
 from .errors import InputError, OutputExistsError
-from .io import check_output, load, save
+from .io import load, save
 from .metrics import state_bytes
+from .outputs import reserved_output
+from .resume import DEFAULT_EVERY_SECONDS, checkpointing, input_fingerprint, work_path
 from .plan import MIXED, Budget, MixedPrecision, Plan, as_plan
 from .presets import PRESETS, SensitivityMethods, candidate
 from .calibration.strategies import StrategyName
@@ -68,7 +71,8 @@ def _names_items(options: CalibrationOptions | None, settings: dict) -> bool:
 def sensitivity(model, calibration: Calibration = CalibrationOptions(), options: SensitivityOptions | None = None, *,
                 image_probe: ImageProbe | None = None, image_samples: int = 16, image_steps: int | None = None,
                 curve: bool = True, out: str | Path | None = None, overwrite: bool = False, avg_bits: float = 5.0,
-                top_k: int = 5, progress: bool = False) -> SensitivityReport:
+                top_k: int = 5, progress: bool = False, resume: bool = False,
+                checkpoint_every: float | None = DEFAULT_EVERY_SECONDS) -> SensitivityReport:
     """Per-layer, per-timestep-bucket quantization sensitivity (MixDQ's output and image metrics).
 
     model: a checkpoint path / builtin:NAME, a pipeline, or a denoiser. calibration: options to
@@ -78,11 +82,27 @@ def sensitivity(model, calibration: Calibration = CalibrationOptions(), options:
     given; `options.image_layers=0` turns it off. curve: also quantize the whole model at each point
     of the quality-vs-size curve and measure it (report.info["measured_curve"]). out: write
     report.html/md/json and recipe.yaml there (the allocation at `avg_bits`; `top_k` layers kept
-    in high precision in the snippet).
+    in high precision in the snippet). With `out`, progress is checkpointed and `resume` continues a killed
+    run, as in `compress`.
     """
     options = options or SensitivityOptions(progress=progress)
     out = _report_directory(out, overwrite)
     subject = Subject.open(model)
+    if out is None:
+        return _sensitivity(subject, calibration, options, image_probe, image_samples, image_steps, curve, progress)
+    description = _run_description("sensitivity", subject, (options, image_samples, image_steps, curve), calibration)
+    with reserved_output(out, True, (subject.root,) if subject.root else ()), \
+            checkpointing(work_path(out), description, resume, checkpoint_every):
+        report = _sensitivity(subject, calibration, options, image_probe, image_samples, image_steps, curve, progress)
+        from .report import write_report
+
+        write_report(report, out, avg_bits=avg_bits, top_k=top_k, overwrite=True)
+    return report
+
+
+def _sensitivity(subject: Subject, calibration: Calibration, options: SensitivityOptions,
+                 image_probe: ImageProbe | None, image_samples: int, image_steps: int | None,
+                 curve: bool, progress: bool) -> SensitivityReport:
     calibration_set = subject.calibration_set(calibration, progress)
     calibration_options = calibration if isinstance(calibration, CalibrationOptions) else CalibrationOptions()
     probe = image_probe_for(subject, calibration_options, options.image_layers, image_samples, image_steps,
@@ -94,10 +114,6 @@ def sensitivity(model, calibration: Calibration = CalibrationOptions(), options:
                                         "steps": image_steps or calibration_options.steps} if probe else None})
     if curve and probe is not None:
         report.info["measured_curve"] = measured_curve(report, subject.denoiser, measured.variants, probe, progress)
-    if out is not None:
-        from .report import write_report
-
-        write_report(report, out, avg_bits=avg_bits, top_k=top_k, overwrite=overwrite)
     return report
 
 
@@ -142,7 +158,8 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
           unit: str | None = None, method: str | None = None, scope: str = "global", steps: int | None = None,
           guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
           calibration: Calibration = CalibrationOptions(), seed: int = 0, recover_steps: int = 0,
-          recover_learning_rate: float = 1e-4, overwrite: bool = False, progress: bool = False) -> PruneOutcome:
+          recover_learning_rate: float = 1e-4, overwrite: bool = False, progress: bool = False,
+          resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS) -> PruneOutcome:
     """Remove attention heads, feed-forward neurons and ResNet channel groups (unit width), or whole blocks
     (unit blocks), from MODEL's denoiser.
 
@@ -156,7 +173,8 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
     recover_steps: after pruning, distill the pruned model from the float one for that many steps on
     replayed calibration calls (output loss plus normalized surviving-block feature loss); the loss
     curve is saved as recovery.json. out: save a diffusers-format directory there (atomically; it
-    loads with diffpress.load and from_pretrained, and can be quantized with compress).
+    loads with diffpress.load and from_pretrained, and can be quantized with compress). With `out`, progress
+    is checkpointed and `resume` continues a killed run, as in `compress`.
     """
     given = [(value, cost) for value, cost in ((target_params, Cost.PARAMS), (target_macs, Cost.MACS),
                                                (target_latency, Cost.LATENCY), (remove_blocks, None))
@@ -170,11 +188,13 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
                        remove_blocks=target if cost is None else None, recover_steps=recover_steps,
                        recover_learning_rate=recover_learning_rate)
     subject = Subject.open(model)
-    if out is not None:
-        check_output(Path(out), overwrite, (subject.root,) if subject.root else ())
-    result = prune_subject(subject, stage, calibration, progress)
-    saved = None
-    if out is not None:
+    if out is None:
+        return PruneOutcome(prune_subject(subject, stage, calibration, progress), subject._pipeline or subject.denoiser,
+                            None)
+    with reserved_output(Path(out), overwrite, (subject.root,) if subject.root else (), _least_output_bytes(subject)), \
+            checkpointing(work_path(Path(out)), _run_description("prune", subject, stage, calibration), resume,
+                          checkpoint_every):
+        result = prune_subject(subject, stage, calibration, progress)
         saved = save(subject.denoiser, out, source=subject.source, overwrite=overwrite,
                      extra={"pruned": _pruned_info(result)},
                      attachments={"recipe.yaml": _prune_recipe_yaml(stage), **_recovery_attachment([result])})
@@ -214,20 +234,30 @@ class CompressionResult:
 
 
 def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibration = CalibrationOptions(),
-             image_probe: ImageProbe | None = None, overwrite: bool = False,
-             progress: bool = False) -> CompressionResult:
+             image_probe: ImageProbe | None = None, overwrite: bool = False, progress: bool = False,
+             resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS) -> CompressionResult:
     """Compress MODEL's denoiser with `plan` and save a diffusers-format directory at `out` (atomically).
 
     plan: a preset name ("w8a8-int8"), a recipe file or Recipe, a MixedPrecision or Budget (formats
     chosen per layer by integer program from measured sensitivity), or a Plan. calibration: how to
     calibrate when the plan's methods need data (options, or a CalibrationSet or saved file).
     image_probe: the image metric's sampler for a mixed plan on a bare denoiser. The recipe applied
-    is saved as recipe.yaml (and allocation.json for a mixed plan).
+    is saved as recipe.yaml (and allocation.json for a mixed plan). Progress is checkpointed to the hidden
+    sibling .OUT.diffpress-work (calibration at most every `checkpoint_every` seconds, each quantized
+    layer as it is done; None: off); `resume` continues a killed run with the same arguments from there,
+    with a bit-identical result (diffpress.resume).
     """
     started = time.perf_counter()
     plan = as_plan(plan)
     subject = Subject.open(model)
-    check_output(Path(out), overwrite, (subject.root,))
+    with reserved_output(Path(out), overwrite, (subject.root,), _least_output_bytes(subject)), \
+            checkpointing(work_path(Path(out)), _run_description("compress", subject, plan, calibration), resume,
+                          checkpoint_every):
+        return _compress(subject, plan, out, calibration, image_probe, overwrite, progress, started)
+
+
+def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image_probe: ImageProbe | None,
+              overwrite: bool, progress: bool, started: float) -> CompressionResult:
     if plan.prune and not isinstance(calibration, CalibrationOptions):
         raise InputError("a plan with prune stages calibrates after pruning (the activations change); pass "
                          "calibration options, not a saved calibration set", "calibration")
@@ -256,6 +286,33 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
                  attachments={**_attachments(recipe, allocation, plan.prune), **_recovery_attachment(pruned)})
     return CompressionResult(type(denoiser).__name__, saved, plan, report, bytes_before, state_bytes(denoiser),
                              time.perf_counter() - started, allocation, pruned)
+
+
+def resumable(out: str | Path) -> bool:
+    """Whether an interrupted run writing `out` left checkpoints that `resume=True` (--resume) would use."""
+    from .resume import has_progress
+
+    return has_progress(work_path(Path(out)))
+
+
+def _run_description(command: str, subject: Subject, plan, calibration: Calibration) -> dict:
+    """What a resumed run must match: the command, the model and its files, the plan and the calibration."""
+    if isinstance(calibration, CalibrationSet):
+        calibration = f"in-memory CalibrationSet of {len(calibration.timesteps)} calls"
+    return {"command": command, "version": __version__, "model": subject.name,
+            "input_files": input_fingerprint(subject.root), "plan": repr(plan), "calibration": repr(calibration)}
+
+
+def _least_output_bytes(subject: Subject) -> int:
+    """A lower bound of what compress or prune writes, checked against the free space before the work: the
+    pipeline's other files plus an eighth of the stored denoiser (4-bit codes of fp32 weights). The exact
+    size is checked again before saving."""
+    source = subject.source
+    if source is None:
+        return 0
+    files = [p for p in source.root.rglob("*") if p.is_file()]
+    denoiser = sum(p.stat().st_size for p in files if source.denoiser_dir in p.parents)
+    return sum(p.stat().st_size for p in files) - denoiser + denoiser // 8
 
 
 def _attachments(recipe, allocation: Allocation | None, prune_stages=()) -> dict[str, str]:

@@ -28,6 +28,18 @@ class OutputExistsError(DiffpressError):
     """The output directory exists and overwriting was not requested."""
 
 
+class OutputBusyError(DiffpressError):
+    """Another run is writing the same output directory."""
+
+
+class OutputWriteError(DiffpressError):
+    """The output cannot be written: no space left, no permission, a read-only filesystem."""
+
+
+class NumericError(DiffpressError):
+    """NaN or Inf appeared in weights, activations or outputs (the message names the layer and timestep)."""
+
+
 def one_line(error: BaseException, limit: int = 200) -> str:
     """An exception's text on one line (whitespace collapsed), at most `limit` characters."""
     return " ".join(str(error).split())[:limit]

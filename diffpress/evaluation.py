@@ -18,6 +18,7 @@ import torch
 from . import checkpoint as checkpoints
 from . import metrics
 from .calibration import find_denoiser
+from .numerics import nonfinite_guard
 from .errors import InputError, require_int
 
 
@@ -159,10 +160,11 @@ def _sample(pipe, labels, noise, settings: EvalSettings, progress: bool) -> tupl
     pipe.draw(labels[:1], 1, settings.guidance_scale, noise[:1])  # warm-up: one-time costs stay out of the timing
     started = time.perf_counter()
     batches = []
-    for start in range(0, len(labels), settings.batch_size):
-        chunk = slice(start, start + settings.batch_size)
-        batches.append(pipe.draw(labels[chunk], settings.steps, settings.guidance_scale, noise[chunk], progress,
-                                 first_index=start))
+    with nonfinite_guard(find_denoiser(pipe), "evaluation sampling"):  # NaN/Inf named where it appears
+        for start in range(0, len(labels), settings.batch_size):
+            chunk = slice(start, start + settings.batch_size)
+            batches.append(pipe.draw(labels[chunk], settings.steps, settings.guidance_scale, noise[chunk], progress,
+                                     first_index=start))
     return torch.cat(batches), time.perf_counter() - started
 
 

@@ -6,18 +6,16 @@ scales and the untouched float tensors). A compressed pipeline is a pipeline dir
 components are byte-for-byte copies of the input's. `diffpress_manifest.json` at the root records
 the sha256 of every file; `load` verifies it before reading any tensor.
 
-Writes are atomic: everything goes into a hidden temporary sibling directory, files are fsynced,
-and one rename publishes it; on any error or interrupt the temporary directory is removed and an
-existing output is left as it was.
+Writes are atomic and locked (diffpress.outputs): everything goes into a hidden staging sibling,
+files are fsynced, and one rename publishes it; on any error or interrupt the staging directory is
+removed and an existing output is left as it was.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -28,10 +26,12 @@ from torch import nn
 from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, load_pipeline, model_from_config, read_json
 from .compression.modules import OPTIONAL_BUFFERS, QUANTIZATION_BUFFERS, set_backends
-from .compression.surgery import compressed_layers, kind_of, replace_module, replacement_by_kind
-from .errors import DiffpressError, InputError, IntegrityError, OutputExistsError, one_line
+from .compression.layer_records import layer_entry, shell_for
+from .compression.surgery import compressed_layers, replace_module
+from .errors import DiffpressError, InputError, IntegrityError, one_line
+from .metrics import state_bytes
+from .outputs import atomic_directory, check_output
 from .pruning.slicing import apply_structure
-from .recipe import QuantSpec
 
 FORMAT_VERSION = 1
 QUANT_METHOD = "diffpress"
@@ -39,54 +39,6 @@ MANIFEST_NAME = "diffpress_manifest.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
 _PACKED_DTYPES = (torch.int8, torch.uint8, torch.float8_e4m3fn)
-
-
-# ---------------------------------------------------------------- atomic output directories
-
-def check_output(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Fail early (before any work) if `out` exists without overwrite or would touch an input."""
-    out = out.expanduser().resolve()
-    for source in inputs:
-        source = source.expanduser().resolve()
-        if out == source or source in out.parents or out in source.parents:
-            raise InputError(f"--out {out} overlaps the input {source}; the input is never modified")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory that becomes `out` only if the block finishes."""
-    out = out.expanduser().resolve()
-    check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-        _fsync_tree(staging)
-        _publish(staging, out, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish(staging: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise OutputExistsError(f"{out} appeared while writing; pass --overwrite to replace it")
-        retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, retired)
-        os.rename(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, out)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
 
 
 # ---------------------------------------------------------------- manifest
@@ -137,9 +89,7 @@ def layer_plan(model: nn.Module) -> dict[str, dict]:
     """fqn -> {"module": linear|conv2d, **QuantSpec} for every quantized layer."""
     plan = {}
     for fqn, module in compressed_layers(model):
-        plan[fqn] = {"module": kind_of(module), "layout": module.packed.layout.value, **module.spec.to_dict()}
-        if module.act_split:
-            plan[fqn]["act_split"] = module.act_split
+        plan[fqn] = layer_entry(module)
     return plan
 
 
@@ -199,8 +149,9 @@ def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, ov
         raise InputError("the model is neither quantized nor pruned; compress or prune it first")
     inputs = (source.root,) if source else ()
     check_output(out, overwrite, inputs)
-    with atomic_directory(out, overwrite) as staging:
-        component = source.denoiser_component if source and source.is_pipeline else None
+    component = source.denoiser_component if source and source.is_pipeline else None
+    expected = state_bytes(model) + (_pipeline_bytes_except(source.root, component) if component else 0)
+    with atomic_directory(out, overwrite, expected) as staging:
         if component:
             _copy_pipeline_except(source.root, staging, component)
         write_model(model, staging / component if component else staging, extra)
@@ -208,6 +159,11 @@ def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, ov
             (staging / name).write_text(text)
         write_manifest(staging, component)
     return out
+
+
+def _pipeline_bytes_except(source: Path, component: str) -> int:
+    return sum(path.stat().st_size for path in source.rglob("*")
+               if path.is_file() and path.relative_to(source).parts[0] != component)
 
 
 def _copy_pipeline_except(source: Path, target: Path, component: str) -> None:
@@ -350,25 +306,12 @@ def install_shells(model: nn.Module, layers: dict[str, dict], stored: dict[str, 
     the optional buffers the checkpoint holds (`stored`: tensor name -> (shape, dtype)), so that loading
     by name finds every key."""
     for fqn, entry in layers.items():
-        entry = dict(entry)
-        kind = entry.pop("module", None)
-        entry.pop("layout", None)
-        act_split = entry.pop("act_split", None)
         try:
             float_module = model.get_submodule(fqn)
         except AttributeError:
             raise IntegrityError(f"{directory}: quantization_config names layer {fqn!r}, which the model lacks") from None
-        try:
-            spec = QuantSpec.from_dict(entry)
-        except (InputError, TypeError) as error:
-            raise IntegrityError(f"{directory}: quantization_config layer {fqn!r}: {error}") from None
-        shell = replacement_by_kind(kind).compressed_class.empty_like(float_module, spec)
-        shell.fqn, shell.act_split = fqn, act_split
-        for name in OPTIONAL_BUFFERS:
-            if f"{fqn}.{name}" in stored:
-                shape, dtype = stored[f"{fqn}.{name}"]
-                shell.set_optional(name, torch.empty(shape, dtype=dtype, device="meta"))
-        replace_module(model, fqn, shell)
+        optional = {name: stored[f"{fqn}.{name}"] for name in OPTIONAL_BUFFERS if f"{fqn}.{name}" in stored}
+        replace_module(model, fqn, shell_for(float_module, fqn, entry, optional, directory))
 
 
 def _assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:

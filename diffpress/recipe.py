@@ -44,6 +44,7 @@ class Rounding(str, enum.Enum):
     NEAREST = "nearest"
     LEARNED = "learned"  # layer-wise (AdaRound)
     BLOCK = "block"  # block-wise (BRECQ); layers outside every block fall back to layer-wise
+    GPTQ = "gptq"  # column by column with inverse-Hessian error compensation (GPTQ)
 
 
 def _parse_enum(enum_type, value, field_name: str):
@@ -63,8 +64,9 @@ class QuantSpec:
     `dynamic` (per token, computed at run time) or `static` (one scale per timestep bucket, from
     calibration). scale_method: absmax or MSE clipping search. The calibration-driven methods:
     smoothing (None off, "auto" searches the migration strength per layer, or a fixed alpha),
-    low_rank (rank of the high-precision branch, 0 off), rounding ("nearest", "learned" layer-wise
-    or "block" reconstruction),
+    low_rank (rank of the high-precision branch, 0 off), rounding ("nearest", "learned" layer-wise,
+    "block" reconstruction, or "gptq" with `gptq_damping` (fraction of the mean Hessian diagonal added
+    to it) and `gptq_act_order` (columns in order of decreasing input energy)),
     split_shortcuts (separate activation scales for the two halves of a concatenated input,
     Q-Diffusion), bos_aware (layers reading the text encoder's output keep the prompt-independent
     first token's output in high precision, MixDQ).
@@ -81,6 +83,8 @@ class QuantSpec:
     rounding: Rounding = Rounding.NEAREST
     split_shortcuts: bool = False
     bos_aware: bool = False
+    gptq_damping: float = 0.01
+    gptq_act_order: bool = True
 
     def __post_init__(self) -> None:
         for name, enum_type in (("weight_format", QuantFormat), ("granularity", Granularity),
@@ -115,6 +119,11 @@ class QuantSpec:
                 raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}", name)
         if self.split_shortcuts and self.act_format is None:
             raise InputError("split_shortcuts splits activation quantization: it needs act_format", "split_shortcuts")
+        damping = self.gptq_damping
+        if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
+            raise InputError(f"gptq_damping must be a number in (0, 1], got {damping!r}", "gptq_damping")
+        if not isinstance(self.gptq_act_order, bool):
+            raise InputError(f"gptq_act_order must be true or false, got {self.gptq_act_order!r}", "gptq_act_order")
 
     @property
     def needs_calibration(self) -> bool:
@@ -122,7 +131,9 @@ class QuantSpec:
                 or self.act_mode is ActMode.STATIC or self.split_shortcuts or self.bos_aware)
 
     def to_dict(self) -> dict:
-        return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()}
+        """The fields as JSON; the GPTQ options only when the rounding is GPTQ."""
+        return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()
+                if self.rounding is Rounding.GPTQ or not k.startswith("gptq_")}
 
     def describe(self) -> str:
         group = f"/g{self.group_size}" if self.group_size else ""
@@ -132,6 +143,8 @@ class QuantSpec:
         methods += [f"lowrank={self.low_rank}"] if self.low_rank else []
         methods += ["learned-rounding"] if self.rounding is Rounding.LEARNED else []
         methods += ["block-reconstruction"] if self.rounding is Rounding.BLOCK else []
+        methods += [f"gptq(damp={self.gptq_damping:g}{',act-order' if self.gptq_act_order else ''})"] \
+            if self.rounding is Rounding.GPTQ else []
         methods += ["split-shortcuts"] if self.split_shortcuts else []
         methods += ["bos-aware"] if self.bos_aware else []
         return f"w:{self.weight_format.value}{group} {self.granularity.value} act:{act} {'+'.join(methods)}"
@@ -149,7 +162,7 @@ def _named(value, allowed: set[str], where: str) -> None:
 
 
 SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method", "act_mode", "smoothing",
-             "low_rank", "rounding", "split_shortcuts", "bos_aware"}
+             "low_rank", "rounding", "split_shortcuts", "bos_aware", "gptq_damping", "gptq_act_order"}
 SKIP = "skip"
 
 

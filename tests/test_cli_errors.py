@@ -126,6 +126,16 @@ CASES = [
     # sensitivity
     (["sensitivity", DIGITS, "--out", "{f}/report"], ["--out", "report", "not empty", "--overwrite"]),
     (["sensitivity", DIGITS, "--out", "{o}/r", "--top-k", "-1"], ["--top-k", "'-1'", ">= 0"]),
+    # interrupted runs
+    (["sensitivity", DIGITS, "--out", "{o}/r", "--checkpoint-every", "-1"], ["--checkpoint-every", "'-1'", ">= 0"]),
+    (["compress", DIGITS, "--out", "{o}/out", "--preset", "w4a8-int", "--checkpoint-every", "soon"],
+     ["--checkpoint-every", "'soon'", "number"]),
+    (["prune", DIGITS, "--out", "{o}/out", "--target-params", "0.8", "--checkpoint-every", "inf"],
+     ["--checkpoint-every", "'inf'", "finite"]),
+    (["compress", DIGITS, "--out", "{o}/out", "--preset", "w4a8-int", "--resume"],
+     ["--resume", "no interrupted run to continue"]),
+    (["prune", DIGITS, "--out", "{o}/out", "--target-params", "0.8", "--resume"],
+     ["--resume", "no interrupted run to continue"]),
     (["sensitivity", DIGITS, "--out", "{o}/r", "--avg-bits", "-5"], ["--avg-bits", "'-5'", "> 0"]),
     (["sensitivity", DIGITS, "--out", "{o}/r", "--candidates", "bf17"], ["--candidates", "'bf17'", "allowed: bf16"]),
     (["sensitivity", DIGITS, "--out", "{o}/r", "--methods", "exact"], ["--methods", "'exact'", "rtn", "full"]),

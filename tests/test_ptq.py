@@ -90,6 +90,42 @@ def test_learned_rounding_beats_nearest_and_stays_on_the_grid(fmt, group):
     assert torch.equal(learned.scales, nearest.scales)
 
 
+def _correlated_layer(seed: int = 0, columns: int = 64):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(32, columns, generator=generator) * 0.1
+    mixing = torch.randn(columns, columns, generator=generator)
+    rows = torch.randn(512, columns, generator=generator) @ mixing  # correlated inputs, as real activations are
+    return weight, rows
+
+
+@pytest.mark.parametrize("fmt,granularity,group", [(QuantFormat.INT4, "per_group", 32), (QuantFormat.FP4_E2M1,
+                                                   "per_group", 16), (QuantFormat.INT8, "per_channel", None),
+                                                  (QuantFormat.FP8_E4M3, "per_channel", None)])
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_beats_nearest_and_stays_on_the_grid(fmt, granularity, group, act_order):
+    from diffpress.compression.gptq import gptq_rounding, output_error
+    from diffpress.kernels.reference import expand_scales
+
+    weight, rows = _correlated_layer()
+    nearest = quantize_weight(weight, fmt, granularity, group, "mse")
+    gptq = gptq_rounding(weight, nearest.scales, nearest, rows, act_order=act_order, block_size=16)
+    assert output_error(weight, dequantize(gptq), rows) < 0.7 * output_error(weight, dequantize(nearest), rows)
+    scaled = dequantize(gptq) / expand_scales(gptq.scales, gptq.granularity, group, (32, 64))
+    assert torch.isclose(scaled[..., None], grid_values(fmt)).any(-1).all()
+    assert torch.equal(gptq.scales, nearest.scales) and gptq.layout == nearest.layout
+
+
+def test_gptq_blocks_do_not_change_the_result_and_dead_inputs_get_zero_weights():
+    from diffpress.compression.gptq import gptq_rounding
+
+    weight, rows = _correlated_layer(1)
+    rows[:, 5] = 0  # an input channel that is always zero
+    nearest = quantize_weight(weight, QuantFormat.INT4, "per_group", 32, "absmax")
+    one = dequantize(gptq_rounding(weight, nearest.scales, nearest, rows, block_size=64))
+    assert torch.allclose(one, dequantize(gptq_rounding(weight, nearest.scales, nearest, rows, block_size=7)))
+    assert torch.equal(one[:, 5], torch.zeros(32))
+
+
 def test_static_scales_follow_the_bucket(pixart_calibrated):
     model, inputs, calibration = pixart_calibrated
     fqn = "transformer_blocks.0.ff.net.2"
@@ -109,8 +145,9 @@ def test_static_scales_follow_the_bucket(pixart_calibrated):
 
 
 @pytest.mark.parametrize("methods", [dict(smoothing="auto"), dict(low_rank=4), dict(rounding="learned"),
+                                     dict(rounding="gptq", gptq_damping=0.05, gptq_act_order=False),
                                      dict(act_mode="static", smoothing=0.5, low_rank=2)],
-                         ids=["smoothing", "low_rank", "learned_rounding", "static+smooth+lowrank"])
+                         ids=["smoothing", "low_rank", "learned_rounding", "gptq", "static+smooth+lowrank"])
 def test_methods_save_and_load_bit_exact(pixart_calibrated, tmp_path, methods):
     _, inputs, calibration = pixart_calibrated
     model, _ = tiny_models.build("pixart")
@@ -166,5 +203,11 @@ def test_spec_validation_of_methods():
         QuantSpec(**W4A8, smoothing=1.5)
     with pytest.raises(ValueError, match="needs act_format"):
         QuantSpec("int4", "per_group", 32, smoothing=0.5)
-    with pytest.raises(ValueError, match="rounding 'stochastic' is not one of: nearest, learned"):
+    with pytest.raises(ValueError, match="rounding 'stochastic' is not one of: nearest, learned, block, gptq"):
         QuantSpec(**W4A8, rounding="stochastic")
+    with pytest.raises(ValueError, match=r"gptq_damping must be a number in \(0, 1\], got 0"):
+        QuantSpec(**W4A8, rounding="gptq", gptq_damping=0)
+    with pytest.raises(ValueError, match="gptq_act_order must be true or false"):
+        QuantSpec(**W4A8, rounding="gptq", gptq_act_order="yes")
+    assert "gptq_damping" not in QuantSpec(**W4A8).to_dict()
+    assert QuantSpec(**W4A8, rounding="gptq").to_dict()["gptq_act_order"] is True

@@ -8,7 +8,6 @@ renamed, shards first, so a reader never sees a main file whose shards are missi
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,12 +140,9 @@ def _shard_path(path: Path, bucket: int) -> Path:
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    from ..outputs import write_file_atomically
+
+    write_file_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
 def _load_reservoir(path: Path, index: dict) -> dict[int, list[ReservoirEntry]]:

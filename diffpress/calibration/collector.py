@@ -18,11 +18,12 @@ from torch import nn
 from ..errors import DiffpressError
 from .buckets import TimestepBuckets
 from .calibration_set import CalibrationSet
-from .reservoir import Reservoir
+from .reservoir import Reservoir, ReservoirEntry
 from .stats import ActStats
 from .strategies import Strategy
 
 DENOISER_ATTRIBUTES = ("transformer", "unet")
+_SEP = "::"
 
 
 class CalibrationError(DiffpressError):
@@ -104,6 +105,41 @@ class Collector:
             previous = self.stats.get((name, bucket))
             self.stats[(name, bucket)] = stats if previous is None else previous.merge(stats)
         return hook
+
+    # ------------------------------------------------------------ checkpoints (diffpress.resume)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything recorded so far, as tensors and JSON: `restore` continues from it exactly."""
+        tensors = {_SEP.join(("stats", layer, str(bucket), name)): t
+                   for (layer, bucket), stats in self.stats.items() for name, t in stats.tensors().items()}
+        kept = {}
+        for bucket, entries in self.reservoir.kept.items():
+            kept[str(bucket)] = [entry.header() for entry in entries]
+            for entry in entries:
+                tensors.update({_SEP.join(("reservoir", str(entry.call_index), name)): t
+                                for name, t in entry.load().tensors.items()})
+        tensors["generator"] = self.reservoir.generator.get_state()
+        meta = {"timesteps": self.timesteps, "kept": kept, "seen": {str(b): n for b, n in self.reservoir.seen.items()}}
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        grouped: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        calls: dict[int, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            kind, _, rest = key.partition(_SEP)
+            if kind == "stats":
+                layer, bucket, name = rest.rsplit(_SEP, 2)
+                grouped.setdefault((layer, int(bucket)), {})[name] = tensor
+            elif kind == "reservoir":
+                call, name = rest.split(_SEP, 1)
+                calls.setdefault(int(call), {})[name] = tensor
+        self.stats = {key: ActStats.from_tensors(fields) for key, fields in grouped.items()}
+        self.timesteps = list(meta["timesteps"])
+        self.reservoir.kept = {int(b): [ReservoirEntry(h["call_index"], h["timestep"], h["bucket"],
+                                                       calls.get(h["call_index"], {}), h["static"]) for h in headers]
+                               for b, headers in meta["kept"].items()}
+        self.reservoir.seen = {int(b): n for b, n in meta["seen"].items()}
+        self.reservoir.generator.set_state(tensors["generator"])
 
     def _build(self) -> CalibrationSet:
         if not self.timesteps:

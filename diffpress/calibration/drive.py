@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import resume
 from ..errors import DiffpressError, InputError
 from .buckets import TimestepBuckets
 from .calibration_set import CalibrationSet
@@ -66,7 +67,7 @@ def calibrate(pipe_or_denoiser, prompts_or_labels: Sequence | None = None, *,
         if forward_loop is not None:
             forward_loop(find_denoiser(pipe_or_denoiser))
         else:
-            _run_pipeline(pipe_or_denoiser, options, progress, pipe_kwargs or {})
+            _run_pipeline(pipe_or_denoiser, options, progress, pipe_kwargs or {}, calib)
     return calib.result
 
 
@@ -85,7 +86,9 @@ def _with_settings(options: CalibrationOptions, items: Sequence | None, settings
     return replace(options, **settings) if settings else options
 
 
-def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs: dict) -> None:
+def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs: dict, collector: Collector) -> None:
+    """Batch j of the samples with a generator seeded `seed + j`. Inside a diffpress.resume work directory the
+    collector's state is checkpointed between batches, and a resumed run starts after the last checkpoint."""
     if isinstance(pipe, torch.nn.Module):
         raise CalibrationError("a bare denoiser needs forward_loop=...: there is no pipeline to drive")
     items = options.items
@@ -95,8 +98,13 @@ def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs
     size = options.batch_size
     batches = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
     # delay: no bar for a run that fails (or finishes) within a second, so an early error stays one line
-    with tqdm(total=total, desc="calibrate", unit="sample", disable=not progress, delay=1.0) as bar:
+    checkpoints = resume.stage("calibration")
+    start = _restore(collector, checkpoints, options)
+    with tqdm(total=total, desc="calibrate", unit="sample", disable=not progress, delay=1.0,
+              initial=sum(len(batch) for batch in batches[:start])) as bar:
         for index, batch in enumerate(batches):
+            if index < start:
+                continue
             chunk = [items[i % len(items)] for i in batch]
             generator = torch.Generator().manual_seed(options.seed + index)
             if index == 0:
@@ -104,6 +112,22 @@ def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs
             else:
                 _call(pipe, chunk, options.steps, generator, pipe_kwargs)
             bar.update(len(batch))
+            if index + 1 == len(batches) or checkpoints.snapshot_due():
+                tensors, meta = collector.state()
+                checkpoints.write_snapshot(tensors, {**meta, "next_batch": index + 1, "options": repr(options)})
+
+
+def _restore(collector: Collector, checkpoints, options: CalibrationOptions) -> int:
+    """The batch to start from: 0, or the one after the last checkpoint (whose state the collector takes)."""
+    snapshot = checkpoints.latest_snapshot()
+    if snapshot is None:
+        return 0
+    tensors, meta = snapshot
+    if meta.get("options") != repr(options):
+        raise InputError(f"{checkpoints.directory}: the checkpointed calibration ran with other options; "
+                         "rerun without --resume", "resume")
+    collector.restore(tensors, meta)
+    return int(meta["next_batch"])
 
 
 def _first_call(pipe, chunk, options: CalibrationOptions, generator, pipe_kwargs) -> None:

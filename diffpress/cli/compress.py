@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     options.add_plan(parser, mixed=True)
     options.add_output(parser, "DIR", "output directory (written atomically)", "replace DIR if it exists")
     options.add_quiet(parser)
+    options.add_resume(parser)
     parser.add_argument("--eval", action="store_true",
                         help="after saving, run 'diffpress eval' on the result with default settings "
                              "(models that ship an evaluation classifier, such as builtin:digits)")
@@ -41,7 +42,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     result = compress(args.model, options.plan_of(args), args.out, calibration=options.calibration_source(args),
-                      overwrite=args.overwrite, progress=not args.quiet)
+                      overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                      checkpoint_every=args.checkpoint_every)
     print_compression(result, f"preset {args.preset}" if args.preset else f"recipe {args.recipe}")
     if args.eval:
         print_eval(evaluate(args.model, result.out, progress=not args.quiet), grid_beside(result.out))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from .. import __version__
@@ -62,14 +63,30 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     _quiet_libraries()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # cleaned up like Ctrl-C: nothing partial is left
     try:
         return args.handler(args)
     except DiffpressError as error:
         print(f"diffpress {args.command}: error: {error_line(error, args.option_flags)}", file=sys.stderr)
         return EXIT_USAGE_OR_INPUT
     except KeyboardInterrupt:
-        print(f"diffpress {args.command}: interrupted; no output was written", file=sys.stderr)
+        hint = "; rerun with --resume to continue from its checkpoints" if _resumable(args) else ""
+        print(f"diffpress {args.command}: interrupted; no output was written{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resumable(args) -> bool:
+    if getattr(args, "resume", None) is None or not getattr(args, "out", None):
+        return False
+    from ..api import resumable
+
+    return resumable(args.out)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

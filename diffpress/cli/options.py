@@ -124,6 +124,18 @@ def add_output(parser, metavar: str, help_text: str, overwrite_help: str) -> Non
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
+def add_resume(parser) -> None:
+    group = parser.add_argument_group("interrupted runs")
+    group.add_argument("--resume", action="store_true",
+                       help="continue a killed or interrupted run of the same command and arguments from its "
+                            "checkpoints (kept in the hidden .DIR.diffpress-work beside --out); the result is "
+                            "identical to an uninterrupted run")
+    group.add_argument("--checkpoint-every", type=number(0, inclusive=True), default=60.0, metavar="S",
+                       help="write the calibration / mask-learning state at most every S seconds, and never more "
+                            "often than keeps checkpointing under 5%% of the time (default 60; 0: after every "
+                            "step); finished layers are kept as they are done")
+
+
 def add_quiet(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
 

@@ -16,15 +16,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import resume
 from ..calibration import CalibrationSet
 from ..errors import InputError
 from ..formats import spec_of
+from ..numerics import check_weights
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
 from ..recipe import ActMode, QuantSpec, Recipe, Rounding
 from .block_reconstruction import PreparedLayer, reconstruct_blocks
+from .gptq import gptq_rounding
 from .input_sources import find_concat_splits, find_constant_first_tokens
 from .layer_inputs import LayerInputs, capture_layer_inputs
+from .layer_records import layer_record, restore_layer
 from .low_rank import split_low_rank
 from .quantize import quantize_weight
 from .rounding import learn_rounding
@@ -56,19 +60,30 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     full methods), put in place as they are instead of being quantized again.
     """
     report, plans = _plans(denoiser, recipe, calibration, ready or {})
+    for fqn, (module, _) in plans.items():
+        check_weights(fqn, module)
     wanted = _needs_inputs(plans)
     _check_calibration(calibration, plans, wanted)
     inputs = capture_layer_inputs(denoiser, calibration, wanted, progress=progress) if wanted else {}
     splits, first_tokens = _input_sources(denoiser, calibration, plans)
     contexts = {fqn: LayerContext(fqn, module, plan, calibration, inputs.get(fqn), splits.get(fqn), first_tokens.get(fqn))
                 for fqn, (module, plan) in plans.items()}
-    prepared = {fqn: prepare_layer(context) for fqn, context in contexts.items()}
+    # a resumed run takes the layers an interrupted one finished from its checkpoints (block reconstruction
+    # optimizes layers together, so a plan with block rounding redoes every layer)
+    checkpoints = resume.stage("quantize")
+    blockwise_plan = any(plan.rounding is Rounding.BLOCK for _, plan in plans.values())
+    finished = {fqn for fqn in contexts if checkpoints.has(fqn)} if not blockwise_plan else set()
+    prepared = {fqn: prepare_layer(context) for fqn, context in contexts.items() if fqn not in finished}
     blockwise = {fqn: layer for fqn, layer in prepared.items() if layer.spec.rounding is Rounding.BLOCK}
     block_packed = reconstruct_blocks(denoiser, calibration, blockwise, rounding_iterations,
                                       progress=progress) if blockwise else {}
     tracker = attach_tracker(denoiser, calibration.buckets) if _any_static(plans) else None
     for fqn, context in tqdm(contexts.items(), desc="quantize", unit="layer", disable=not progress):
-        quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding_iterations)
+        if fqn in finished:
+            quantized = restore_layer(context.module, fqn, *checkpoints.load(fqn), checkpoints.directory)
+        else:
+            quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding_iterations)
+            checkpoints.save(fqn, *layer_record(quantized))
         quantized.fqn, quantized.timestep_tracker = fqn, tracker
         replace_module(denoiser, fqn, quantized)
         report.quantized.append(fqn)
@@ -241,7 +256,7 @@ def _row_factors(module: nn.Module, factors: torch.Tensor) -> torch.Tensor:
 
 
 def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations: int) -> PackedWeight:
-    """Nearest, or layer-wise learned rounding (also for `block` layers that lie in no block)."""
+    """Nearest, GPTQ, or layer-wise learned rounding (also for `block` layers that lie in no block)."""
     spec, nearest, weight, factors = context.spec, prepared.nearest, prepared.weight, prepared.factors
     if spec.rounding is Rounding.NEAREST:
         return nearest
@@ -249,6 +264,8 @@ def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations
     row_factors = _row_factors(context.module, factors) if factors is not None else None
     row_split = context.act_split * _patch_size(context.module) if context.act_split else None
     smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, row_factors, act_split=row_split)
+    if spec.rounding is Rounding.GPTQ:
+        return gptq_rounding(weight, nearest.scales, nearest, quantized, spec.gptq_damping, spec.gptq_act_order)
     return learn_rounding(weight, nearest.scales, nearest, smoothed, quantized, iterations=rounding_iterations)
 
 

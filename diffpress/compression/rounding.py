@@ -26,8 +26,8 @@ def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
 
 
-def _neighbours(scaled: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    grid = grid_values(fmt)
+def grid_neighbours(scaled: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid values either side of each (clamped) value of `scaled`; `grid` sorted."""
     clamped = scaled.clamp(grid[0], grid[-1])
     index = (torch.searchsorted(grid, clamped, right=True) - 1).clamp(0, len(grid) - 2)
     return grid[index], grid[index + 1]
@@ -39,7 +39,7 @@ class RoundingVariables:
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, packed_like: PackedWeight) -> None:
         self.packed_like, self.shape = packed_like, tuple(weight.shape)
         self.full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, self.shape)
-        self.lower, self.upper = _neighbours(weight.float() / self.full_scales, packed_like.format)
+        self.lower, self.upper = grid_neighbours(weight.float() / self.full_scales, grid_values(packed_like.format))
         self.step = (self.upper - self.lower).clamp_min(1e-12)
         fraction = ((weight.float() / self.full_scales - self.lower) / self.step).clamp(0.01, 0.99)
         self.variable = (-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)).requires_grad_(True)

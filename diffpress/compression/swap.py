@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..numerics import check_weights
 from ..recipe import QuantSpec, Recipe
 from .surgery import compressed_module, compressible_layers, replace_module, unsupported_reason
 
@@ -66,6 +67,7 @@ def quantize_(model: nn.Module, spec: QuantSpec | Recipe | Callable[[str], Quant
             raise InputError(f"{fqn}: plan '{layer_spec.describe()}' uses methods quantize_ does not apply; use "
                              "diffpress.compress(...) or diffpress.compression.ptq.quantize_model(model, recipe, "
                              "calibration_set)", "spec")
+        check_weights(fqn, module)
         replace_module(model, fqn, compressed_module(module, layer_spec))
         report.quantized.append(fqn)
     return report

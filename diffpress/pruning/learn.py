@@ -19,11 +19,12 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import resume
 from ..prune_stage import LearnOptions
 from .gates import Gates, GateSite
 from .select import PruneBudget, unit_cost
 from .trajectory import Trajectory, final_latents
-from .training import frozen_weights, optimizer_step
+from .training import frozen_weights, loop_state, optimizer_step, restore_loop
 from .units import PruneGroup
 
 
@@ -57,8 +58,14 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     generator = torch.Generator().manual_seed(options.seed)
     losses, kept = [], []
+    checkpoints = resume.stage("mask-learning")
+    start = 0
+    if (snapshot := checkpoints.latest_snapshot()) is not None:
+        start, history = restore_loop(gates, optimizer, generator, *snapshot)
+        losses, kept = history["losses"], history["kept"]
     with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
-            tqdm(range(options.iterations), desc="learn mask", unit="it", disable=not progress) as bar:
+            tqdm(range(start, options.iterations), desc="learn mask", unit="it", disable=not progress,
+                 initial=start, total=options.iterations) as bar:
         for iteration in bar:
             index = iteration % len(batches)
             site.set(gates.sample(generator))
@@ -72,4 +79,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
             losses.append(float(mse.detach()))
             kept.append(float(fraction.detach()))
             bar.set_postfix(mse=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
+            if iteration + 1 < options.iterations and checkpoints.snapshot_due():
+                checkpoints.write_snapshot(*loop_state(gates, optimizer, generator, iteration + 1,
+                                                       {"losses": losses, "kept": kept}))
     return LearnedMask(gates, losses, kept, time.perf_counter() - started)

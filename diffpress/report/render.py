@@ -38,7 +38,7 @@ def write_report(report: SensitivityReport, out: str | Path, avg_bits: float = 5
                  overwrite: bool = True) -> Path:
     """Write DIR/report.json, report.html, report.md, recipe.yaml (the allocation) and the PNGs, atomically
     (into a hidden sibling directory renamed into place; an existing DIR is replaced only with overwrite)."""
-    from ..io import atomic_directory
+    from ..outputs import atomic_directory
 
     data = build(report, avg_bits, top_k)
     out = Path(out)

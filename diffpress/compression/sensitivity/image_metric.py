@@ -6,6 +6,7 @@ users with their own sampler pass their own (as `calibrate(..., forward_loop=)` 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from typing import Callable, Sequence
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ... import metrics
+from ... import metrics, resume
 from ...errors import DiffpressError
+from ...numerics import nonfinite_guard
 from ...presets import candidate
 from ..surgery import swapped
 from .report import ImageScore, SensitivityReport
@@ -61,7 +63,8 @@ def image_score(reference: torch.Tensor, images: torch.Tensor) -> ImageScore:
 
 def float_reference(probe: ImageProbe, denoiser: nn.Module) -> torch.Tensor:
     """The float model's samples; DiffpressError if they are not finite."""
-    reference = sample(probe, denoiser)
+    with nonfinite_guard(denoiser, "the float model's image-metric samples"):
+        reference = sample(probe, denoiser)
     if not torch.isfinite(reference).all():
         raise DiffpressError("the float model's samples are not finite (NaN/Inf); the image metric needs clean samples")
     return reference
@@ -98,14 +101,20 @@ def image_sensitivity(denoiser: nn.Module, report: SensitivityReport, probe: Ima
     reference = float_reference(probe, denoiser)
     chosen = image_metric_layers(report, image_layers)
     scores: dict[str, dict[str, ImageScore]] = {}
+    checkpoints = resume.stage("image-sensitivity")  # one record per measured layer
     with tqdm(total=len(chosen) * len(report.candidates), desc="image metric", unit="layer x format",
               disable=not progress) as bar:
         for fqn in chosen:
+            if checkpoints.has(fqn):
+                scores[fqn] = {name: ImageScore(**fields) for name, fields in checkpoints.load(fqn)[1].items()}
+                bar.update(len(report.candidates))
+                continue
             scores[fqn] = {}
             for name in report.candidates:
                 with swapped(denoiser, {fqn: variants.module(fqn, name)}):
                     scores[fqn][name] = image_score(reference, sample(probe, denoiser))
                 bar.update()
+            checkpoints.save(fqn, {}, {name: dataclasses.asdict(score) for name, score in scores[fqn].items()})
     return scores
 
 

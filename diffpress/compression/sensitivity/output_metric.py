@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ... import resume
 from ...calibration import CalibrationSet
 from ...calibration.reservoir import ReservoirEntry
 from ...errors import DiffpressError, InputError
@@ -65,15 +66,21 @@ def output_sensitivity(denoiser: nn.Module, layers, replay: Replay, candidates, 
                        progress: bool = False) -> dict[str, dict[str, list[float]]]:
     """fqn -> candidate -> SQNR (dB) per bucket, each layer quantized alone with each candidate."""
     result: dict[str, dict[str, list[float]]] = {}
+    checkpoints = resume.stage("output-sensitivity")  # one record per measured layer
     with tqdm(total=len(layers) * len(candidates), desc="sensitivity", unit="layer x format",
               disable=not progress) as bar:
         for info, _ in layers:
+            if checkpoints.has(info.fqn):
+                result[info.fqn] = checkpoints.load(info.fqn)[1]
+                bar.update(len(candidates))
+                continue
             result[info.fqn] = {}
             for name in candidates:
                 with swapped(denoiser, {info.fqn: variants.module(info.fqn, name)}):
                     outputs = [denoise(denoiser, entry) for entry in replay.calls]
                 result[info.fqn][name] = per_bucket_sqnr(replay.reference, outputs, replay.buckets)
                 bar.update()
+            checkpoints.save(info.fqn, {}, result[info.fqn])
     return result
 
 

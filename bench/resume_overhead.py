@@ -1,0 +1,82 @@
+"""What checkpointing for --resume costs: each long stage with checkpoints off, at the default interval
+(60 s) and after every step (0), on builtin:digits, one thread (CPU).
+
+    python bench/resume_overhead.py [--repeats 3]
+
+Stages: compress w4a8-int (calibration snapshots + one record per learned-rounding layer), prune learned
+(mask-learning snapshots), sensitivity (one record per layer). Each run is a fresh process; the time is
+the API call's wall time, best of --repeats, runs of one setting interleaved with the others. Writes
+bench/results/resume-overhead.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"off": None, "default (60 s)": 60.0, "every step (0)": 0.0}
+STAGES = {
+    "compress w4a8-int (calibration 16 samples x 25 steps, learned rounding on 72 layers)":
+        "diffpress.compress('builtin:digits', 'w4a8-int', OUT, calibration=diffpress.CalibrationOptions("
+        "num_samples=16), checkpoint_every=EVERY)",
+    "prune learned 20% (100 iterations, 8 targets x 10 steps)":
+        "diffpress.prune('builtin:digits', 0.8, OUT, learn={'iterations': 100, 'samples': 8}, steps=10, "
+        "checkpoint_every=EVERY)",
+    "sensitivity rtn, 4 candidates, output metric only":
+        "diffpress.sensitivity('builtin:digits', diffpress.CalibrationOptions(num_samples=8), "
+        "diffpress.SensitivityOptions(methods='rtn', image_layers=0), curve=False, out=OUT, checkpoint_every=EVERY)",
+}
+TIMED = """
+import time, diffpress
+from pathlib import Path
+OUT, EVERY = Path({out!r}), {every!r}
+started = time.perf_counter()
+{call}
+print(time.perf_counter() - started)
+"""
+
+
+def timed(call: str, every, out: Path) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = TIMED.format(out=str(out), every=every, call=call)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(result.stderr[-2000:])
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="diffpress-resume-") as temporary:
+        for stage, call in STAGES.items():
+            seconds = {name: [] for name in SETTINGS}
+            for repeat in range(args.repeats):
+                for name, every in SETTINGS.items():
+                    out = Path(temporary) / f"out-{len(rows)}-{repeat}-{list(SETTINGS).index(name)}"
+                    seconds[name].append(timed(call, every, out))
+                    print(f"{stage} | {name}: {seconds[name][-1]:.1f} s", flush=True)
+            best = {name: min(values) for name, values in seconds.items()}
+            rows.append({"stage": stage, "seconds": {n: [round(v, 2) for v in values] for n, values in seconds.items()},
+                         "best_s": {n: round(v, 2) for n, v in best.items()},
+                         "overhead_pct": {n: round(100 * (best[n] / best["off"] - 1), 1) for n in SETTINGS
+                                          if n != "off"}})
+    result = {"rows": rows, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+              "threads": 1, "how": "python bench/resume_overhead.py " + " ".join(sys.argv[1:]),
+              "target": "under 5% at the default interval"}
+    (ROOT / "bench" / "results" / "resume-overhead.json").write_text(json.dumps(result, indent=1) + "\n")
+    for row in rows:
+        print(row["stage"], row["best_s"], row["overhead_pct"])
+
+
+if __name__ == "__main__":
+    main()
