@@ -299,6 +299,9 @@ def _run_description(command: str, subject: Subject, plan, calibration: Calibrat
     """What a resumed run must match: the command, the model and its files, the plan and the calibration."""
     if isinstance(calibration, CalibrationSet):
         calibration = f"in-memory CalibrationSet of {len(calibration.timesteps)} calls"
+    elif isinstance(calibration, (str, Path)) and Path(calibration).is_file():
+        path = Path(calibration)  # the saved set and its reservoir shards beside it
+        calibration = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.parent.glob(path.name + "*"))]
     return {"command": command, "version": __version__, "model": subject.name,
             "input_files": input_fingerprint(subject.root), "plan": repr(plan), "calibration": repr(calibration)}
 

@@ -252,6 +252,20 @@ def test_resume_refuses_a_run_with_other_arguments_or_none_to_continue(tmp_path,
     assert not out.exists()
 
 
+def test_resume_refuses_a_changed_calibration_file(tmp_path, monkeypatch):
+    calibration = diffpress.calibrate("builtin:digits", num_samples=2, steps=3, buckets=2, reservoir_size=1,
+                                      out=tmp_path / "calibration.safetensors")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _interrupt_on_call(patch, ptq, "finish_layer", 2)
+        with pytest.raises(KeyboardInterrupt):
+            diffpress.compress("builtin:digits", SMALL_PLAN, out, calibration=tmp_path / "calibration.safetensors")
+    calibration.save(tmp_path / "calibration.safetensors")  # rewritten: same content, a new file
+    with pytest.raises(InputError, match="started with a different calibration"):
+        diffpress.compress("builtin:digits", SMALL_PLAN, out, calibration=tmp_path / "calibration.safetensors",
+                           resume=True)
+
+
 def test_a_run_without_resume_discards_an_old_work_directory(tmp_path, monkeypatch, uninterrupted):
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
