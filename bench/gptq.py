@@ -2,7 +2,7 @@
 
     python bench/gptq.py --model builtin:digits [--num-samples 200]
 
-Rows: the w4a8-int preset (MSE clipping, searched smoothing) and w4a16-int4 / w4a16-fp4 (MSE clipping)
+Rows: the w4a8-int / w4a8-fp4 presets (MSE clipping, searched smoothing) and w4a16-int4 / w4a16-fp4 (MSE clipping)
 with rounding nearest, learned (300 iterations per layer) and gptq (damping 0.01, with and without act
 order). One calibration set (the defaults: 32 samples x 25 steps, 8 buckets, 4 calls per bucket) serves
 every row; each row is `diffpress.compress` from it, timed (the quantization stage alone: the calibration
@@ -30,7 +30,7 @@ from diffpress.recipe import Recipe
 
 def rows() -> list[tuple[str, object]]:
     result = []
-    for name in ("w4a8-int", "w4a16-int4", "w4a16-fp4"):
+    for name in ("w4a8-int", "w4a8-fp4", "w4a16-int4", "w4a16-fp4"):
         base = preset(name)
         result += [(f"{name} nearest", replace(base, rounding="nearest")),
                    (f"{name} learned", replace(base, rounding="learned")),

@@ -1,12 +1,13 @@
 """Picture quality of each preset on a built-in model (CPU), via the eval harness.
 
-    python bench/quality.py [--model builtin:digits] [--num-samples 500] [--presets w8a16-int8 ...]
+    python bench/quality.py [--model builtin:digits] [--num-samples 500] [--presets w8a16-int8 ...] [--merge]
 
 Writes bench/results/quality-NAME.json: for each preset, what `diffpress eval MODEL --compressed DIR
 --num-samples N --seed 0` reports (the model's own sampler steps and guidance unless given), the
 compression seconds, and whether the saved directory reloads bit-exactly: the denoiser from
 `diffpress.load`, from plain diffusers `from_pretrained` and from a `save_pretrained` copy give
-identical outputs on a fixed call.
+identical outputs on a fixed call. With --merge, the rows of the presets run replace theirs in the saved
+file (which must hold the same model, sample count, steps and reference), and the others are kept.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="guidance (default: the model's)")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--merge", action="store_true", help="replace only these presets' rows in the saved file")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     settings = EvalSettings.for_model(args.model, args.num_samples, args.steps, 0, args.guidance_scale)
@@ -70,7 +72,20 @@ def main() -> None:
               "seed": 0, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
               "reference": reference.metrics.to_dict(), "rows": rows}
     out = Path(__file__).parent / "results" / f"quality-{name}.json"
+    if args.merge:
+        report = merged(json.loads(out.read_text()), report)
     out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def merged(saved: dict, new: dict) -> dict:
+    """`saved` with the rows of `new` in place of theirs; the runs must share model, samples and reference."""
+    if (saved["model"], saved["steps"], saved["reference"]) != (new["model"], new["steps"], new["reference"]):
+        raise SystemExit("--merge: the saved results come from another model, step count or reference")
+    replaced = {row["format"] for row in new["rows"]}
+    saved["rows"] = [row for row in saved["rows"] if row["format"] not in replaced] + new["rows"]
+    saved["merged"] = saved.get("merged", []) + [{"command": new["command"] + " --merge", "commit": new["commit"],
+                                                   "date": new["date"], "formats": sorted(replaced)}]
+    return saved
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 class QuantFormat(str, enum.Enum):
     INT8 = "int8"
     INT4 = "int4"
+    UINT4 = "uint4"  # asymmetric INT4: codes 0..15 and an integer zero point per scale unit
     FP8_E4M3 = "fp8_e4m3"
     FP4_E2M1 = "fp4_e2m1"
 
@@ -42,6 +43,7 @@ class FormatSpec:
     storage_dtype: torch.dtype  # dtype of unpacked codes; 4-bit codes are packed two per uint8
     granularities: tuple[Granularity, ...]
     group_sizes: tuple[int, ...]
+    zero_point: bool = False  # asymmetric: value = (code - zero point) x scale, codes 0..qmax
 
     @property
     def codes_per_byte(self) -> int:
@@ -55,6 +57,8 @@ FORMAT_SPECS: dict[QuantFormat, FormatSpec] = {
                                  _WEIGHT_GRANULARITIES + (Granularity.PER_TOKEN,), (32, 64, 128)),
     QuantFormat.INT4: FormatSpec(QuantFormat.INT4, "int", 4, 7.0, torch.int8,
                                  _WEIGHT_GRANULARITIES, (32, 64, 128)),
+    QuantFormat.UINT4: FormatSpec(QuantFormat.UINT4, "int", 4, 15.0, torch.int8,
+                                  (Granularity.PER_CHANNEL, Granularity.PER_GROUP), (32, 64, 128), zero_point=True),
     QuantFormat.FP8_E4M3: FormatSpec(QuantFormat.FP8_E4M3, "float", 8, 448.0, torch.float8_e4m3fn,
                                      _WEIGHT_GRANULARITIES + (Granularity.PER_TOKEN,), (32, 64, 128)),
     QuantFormat.FP4_E2M1: FormatSpec(QuantFormat.FP4_E2M1, "float", 4, 6.0, torch.int8,
@@ -84,12 +88,13 @@ def check_granularity(fmt: QuantFormat, granularity: Granularity, group_size: in
 def encode(scaled: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     """Round `scaled` (values already divided by their scale) to the format's nearest codes.
 
-    int formats: signed integers in [-qmax, qmax] as int8. fp8: float8_e4m3fn values (torch's
+    int formats: signed integers in [-qmax, qmax] as int8 (uint4: [0, 15], the zero point already
+    added to `scaled`). fp8: float8_e4m3fn values (torch's
     round-to-nearest-even cast, after clamping to +-448 so nothing saturates to NaN). fp4: the
     4-bit e2m1 code (sign in bit 3, magnitude index in bits 0-2) as int8 in [0, 15].
     """
     spec = spec_of(fmt)
-    clamped = scaled.float().clamp(-spec.qmax, spec.qmax)
+    clamped = scaled.float().clamp(0 if spec.zero_point else -spec.qmax, spec.qmax)
     if fmt is QuantFormat.FP8_E4M3:
         return clamped.to(torch.float8_e4m3fn)
     if fmt is QuantFormat.FP4_E2M1:
@@ -115,7 +120,7 @@ def grid_values(fmt: QuantFormat) -> torch.Tensor:
         all_bytes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
         return all_bytes[torch.isfinite(all_bytes)].unique()
     qmax = int(spec_of(fmt).qmax)
-    return torch.arange(-qmax, qmax + 1, dtype=torch.float32)
+    return torch.arange(0 if spec_of(fmt).zero_point else -qmax, qmax + 1, dtype=torch.float32)
 
 
 def _encode_fp4(clamped: torch.Tensor) -> torch.Tensor:

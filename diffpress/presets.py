@@ -39,6 +39,9 @@ _NAMED: tuple[Preset, ...] = (
            "FP8 e4m3 weights, one scale per output channel; activations stay in the model dtype"),
     Preset("w4a16-int4", QuantSpec(QuantFormat.INT4, Granularity.PER_GROUP, 128, scale_method=ScaleMethod.MSE),
            "INT4 weights, groups of 128 along K, MSE-searched clipping; activations unquantized"),
+    Preset("w4a16-uint4", QuantSpec(QuantFormat.UINT4, Granularity.PER_GROUP, 128, scale_method=ScaleMethod.MSE),
+           "asymmetric INT4 weights (a zero point per group of 128: the codes span each group's [min, max]), "
+           "MSE-searched range; activations unquantized"),
     Preset("w4a16-fp4", QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16, scale_method=ScaleMethod.MSE),
            "FP4 e2m1 weights with block-16 scales, MSE-searched clipping; activations unquantized"),
     Preset("w8a8-int8", QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT8),
@@ -57,6 +60,18 @@ _NAMED: tuple[Preset, ...] = (
                                  scale_method=ScaleMethod.MSE, smoothing="auto", rounding=Rounding.LEARNED),
            "INT4 weights (g128, MSE clipping, learned rounding), INT8 activations per token, searched smoothing; "
            "calibrates"),
+    # W4A4: 4-bit activations (reference backend), SVDQuant's recipe: smoothing, a high-precision low-rank
+    # branch and GPTQ on top of MSE clipping (bench/results/w4a4-*.json has the ablation).
+    Preset("w4a4-int", QuantSpec(QuantFormat.INT4, Granularity.PER_GROUP, 64, act_format=QuantFormat.INT4,
+                                 act_group_size=64, scale_method=ScaleMethod.MSE, smoothing="auto", low_rank=8,
+                                 rounding=Rounding.GPTQ),
+           "INT4 weights (g64, MSE clipping, GPTQ) and INT4 activations per token in groups of 64, searched "
+           "smoothing, a rank-8 high-precision branch; calibrates; reference backend"),
+    Preset("w4a4-fp4", QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16, act_format=QuantFormat.FP4_E2M1,
+                                 act_group_size=16, scale_method=ScaleMethod.MSE, smoothing="auto", low_rank=8,
+                                 rounding=Rounding.GPTQ),
+           "FP4 e2m1 weights and activations with block-16 scales (NVFP4-style), MSE clipping, GPTQ, searched "
+           "smoothing, a rank-8 high-precision branch; calibrates; reference backend"),
     Preset("w4a8-fp4", QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16, act_format=QuantFormat.FP8_E4M3,
                                  scale_method=ScaleMethod.MSE, smoothing="auto", rounding=Rounding.LEARNED),
            "FP4 e2m1 weights (block 16, MSE clipping, learned rounding), FP8 activations per token, searched "
@@ -121,7 +136,8 @@ class Candidate:
         spec = self.full
         codes = math.prod(qdata_shape(spec.weight_format, shape)) * qdata_dtype(spec.weight_format).itemsize
         scales = math.prod(scales_shape(spec.granularity, shape, spec.group_size))
-        return codes + scales * scale_dtype_for(spec.granularity).itemsize
+        zero_points = scales if spec_of(spec.weight_format).zero_point else 0  # one uint8 per scale
+        return codes + scales * scale_dtype_for(spec.granularity).itemsize + zero_points
 
 
 DEFAULT_SENSITIVITY_CANDIDATES = (HIGH_PRECISION, "w8a8-int8", "w8a8-fp8", "w4a8-int", "w4a16-int4", "w4a8-fp4")

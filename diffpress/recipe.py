@@ -40,6 +40,9 @@ class ActMode(str, enum.Enum):
     STATIC = "static"
 
 
+ACT_GROUP_SIZES = {QuantFormat.INT4: (32, 64, 128), QuantFormat.FP4_E2M1: (16, 32)}  # 4-bit activations
+
+
 class Rounding(str, enum.Enum):
     NEAREST = "nearest"
     LEARNED = "learned"  # layer-wise (AdaRound)
@@ -60,7 +63,9 @@ class QuantSpec:
     """One layer's quantization plan.
 
     weight_format/granularity/group_size: how the weight is stored. act_format: None keeps
-    activations in the model dtype (weight-only), else the 8-bit activation format; act_mode:
+    activations in the model dtype (weight-only), else the activation format: 8-bit (int8, fp8_e4m3,
+    one scale per token) or 4-bit (int4, fp4_e2m1, one scale per `act_group_size` channels of a
+    token; reference backend); act_mode:
     `dynamic` (per token, computed at run time) or `static` (one scale per timestep bucket, from
     calibration). scale_method: absmax or MSE clipping search. The calibration-driven methods:
     smoothing (None off, "auto" searches the migration strength per layer, or a fixed alpha),
@@ -85,6 +90,7 @@ class QuantSpec:
     bos_aware: bool = False
     gptq_damping: float = 0.01
     gptq_act_order: bool = True
+    act_group_size: int | None = None
 
     def __post_init__(self) -> None:
         for name, enum_type in (("weight_format", QuantFormat), ("granularity", Granularity),
@@ -93,9 +99,9 @@ class QuantSpec:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _parse_enum(enum_type, getattr(self, name), name))
         if self.act_format is not None:
-            if spec_of(self.act_format).bits != 8:
-                raise InputError(f"act_format must be an 8-bit format (int8, fp8_e4m3), got {self.act_format.value}",
-                                 "act_format")
+            self._check_act_format()
+        elif self.act_group_size is not None:
+            raise InputError("act_group_size groups activation scales: it needs act_format", "act_group_size")
         if self.granularity is not Granularity.PER_GROUP:
             object.__setattr__(self, "group_size", None)
         try:
@@ -103,6 +109,23 @@ class QuantSpec:
         except ValueError as error:
             raise InputError(str(error), "granularity") from None
         self._check_methods()
+
+    def _check_act_format(self) -> None:
+        """8-bit activations: one scale per token; 4-bit (int4, fp4_e2m1): one per group of act_group_size
+        channels of a token (int4: 32/64/128, fp4: 16/32), dynamic only."""
+        fmt, group = self.act_format, self.act_group_size
+        allowed = ACT_GROUP_SIZES.get(fmt)
+        if fmt not in (QuantFormat.INT8, QuantFormat.FP8_E4M3) and allowed is None:
+            raise InputError(f"act_format must be int8, fp8_e4m3, int4 or fp4_e2m1, got {fmt.value}", "act_format")
+        if allowed is None and group is not None:
+            raise InputError(f"act_group_size is for 4-bit activations; {fmt.value} activations have one scale per "
+                             "token", "act_group_size")
+        if allowed is not None and group not in allowed:
+            raise InputError(f"{fmt.value} activations need act_group_size in {list(allowed)}, got {group!r}",
+                             "act_group_size")
+        if allowed is not None and self.act_mode is ActMode.STATIC:
+            raise InputError(f"act_mode static needs 8-bit activations; {fmt.value} activations are dynamic per "
+                             "group", "act_mode")
 
     def _check_methods(self) -> None:
         if self.smoothing is not None and self.smoothing != "auto" and not (
@@ -133,11 +156,13 @@ class QuantSpec:
     def to_dict(self) -> dict:
         """The fields as JSON; the GPTQ options only when the rounding is GPTQ."""
         return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()
-                if self.rounding is Rounding.GPTQ or not k.startswith("gptq_")}
+                if (self.rounding is Rounding.GPTQ or not k.startswith("gptq_"))
+                and (k != "act_group_size" or v is not None)}
 
     def describe(self) -> str:
         group = f"/g{self.group_size}" if self.group_size else ""
-        act = f"{self.act_format.value}/{self.act_mode.value}" if self.act_format else "a16"
+        act_group = f"/g{self.act_group_size}" if self.act_group_size else ""
+        act = f"{self.act_format.value}{act_group}/{self.act_mode.value}" if self.act_format else "a16"
         methods = [self.scale_method.value]
         methods += [f"smooth={self.smoothing}"] if self.smoothing is not None else []
         methods += [f"lowrank={self.low_rank}"] if self.low_rank else []
@@ -162,7 +187,8 @@ def _named(value, allowed: set[str], where: str) -> None:
 
 
 SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method", "act_mode", "smoothing",
-             "low_rank", "rounding", "split_shortcuts", "bos_aware", "gptq_damping", "gptq_act_order"}
+             "low_rank", "rounding", "split_shortcuts", "bos_aware", "gptq_damping", "gptq_act_order",
+             "act_group_size"}
 SKIP = "skip"
 
 

@@ -39,10 +39,14 @@ def test_fullgraph_compile_matches_eager():
 def test_custom_ops_pass_opcheck():
     layer = QuantLinear.from_float(nn.Linear(40, 17), preset("w8a8-int8"))
     x = torch.randn(3, 40)
-    args = (x, layer.qdata, layer.scales, layer.bias, None, None, None, None, "int8", "per_channel", 0, 40, "int8",
-            "reference")
+    args = (x, layer.qdata, layer.scales, None, layer.bias, None, None, None, None, "int8", "per_channel", 0, 40,
+            "int8", 0, "reference")
+    torch.library.opcheck(torch.ops.diffpress.quantized_linear.default, args)
+    asymmetric = QuantLinear.from_float(nn.Linear(40, 17), preset("w4a16-uint4"))
+    args = (x, asymmetric.qdata, asymmetric.scales, asymmetric.zero_points, asymmetric.bias, None, None, None, None,
+            "uint4", "per_group", 128, 40, "", 0, "reference")
     torch.library.opcheck(torch.ops.diffpress.quantized_linear.default, args)
     conv = QuantConv2d.from_float(nn.Conv2d(4, 6, 3, stride=2), preset("w4a16-int4"))
-    args = (torch.randn(1, 4, 7, 7), conv.qdata, conv.scales, conv.bias, None, None, None, None, "int4", "per_group",
-            128, [6, 4, 3, 3], [2, 2], [0, 0], "", [1, 1], 1, "", 0, "reference")
+    args = (torch.randn(1, 4, 7, 7), conv.qdata, conv.scales, None, conv.bias, None, None, None, None, "int4",
+            "per_group", 128, [6, 4, 3, 3], [2, 2], [0, 0], "", [1, 1], 1, "", 0, 0, "reference")
     torch.library.opcheck(torch.ops.diffpress.quantized_conv2d.default, args)

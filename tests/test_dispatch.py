@@ -40,6 +40,13 @@ def test_unknown_backend_and_missing_kernel_are_named(monkeypatch):
     with pytest.raises(DiffpressError, match="no Triton kernel"):
         resolve_backend("triton", CPU, QuantFormat.INT8, QuantFormat.FP8_E4M3)
     assert resolve_backend("triton", CPU, QuantFormat.FP4_E2M1, QuantFormat.INT8) is Backend.TRITON
+    assert resolve_backend("triton", CPU, QuantFormat.UINT4, None) is Backend.TRITON
+    with pytest.raises(DiffpressError, match="asymmetric uint4 weights with int8 activations run on the reference"):
+        resolve_backend("triton", CPU, QuantFormat.UINT4, QuantFormat.INT8)
+    assert resolve_backend("auto", CPU, QuantFormat.UINT4, QuantFormat.INT8) is Backend.REFERENCE
+    with pytest.raises(DiffpressError, match="int4 activations run on the reference backend"):
+        resolve_backend("triton", CPU, QuantFormat.INT4, QuantFormat.INT4)
+    assert resolve_backend("auto", CPU, QuantFormat.FP4_E2M1, QuantFormat.FP4_E2M1) is Backend.REFERENCE
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU resolution rules")
@@ -73,6 +80,7 @@ SPECS = {
     "w4a8-int": QuantSpec("int4", "per_group", 32, act_format="int8"),
     "w4a8-fp4": QuantSpec("fp4_e2m1", "per_group", 16, act_format="fp8_e4m3"),
     "w4a16-int4": QuantSpec("int4", "per_group", 32),
+    "w4a16-uint4": QuantSpec("uint4", "per_group", 32),
 }
 
 
@@ -97,7 +105,7 @@ def test_linear_triton_backend_matches_reference(name, monkeypatch):
     kernel_cases.assert_close(layer(x), expected, torch.bfloat16)
 
 
-@pytest.mark.parametrize("name,act_split", [("w8a8-int8", 0), ("w4a8-int", 5), ("w4a16-int4", 0),
+@pytest.mark.parametrize("name,act_split", [("w8a8-int8", 0), ("w4a8-int", 5), ("w4a16-int4", 0), ("w4a16-uint4", 0),
                                             ("w8a8-fp8-smooth-lowrank", 0)])
 def test_conv_triton_backend_matches_reference(name, act_split, monkeypatch):
     spec = SPECS[name]

@@ -22,7 +22,7 @@ def _state_equal(a, b):
 
 
 @pytest.mark.parametrize("arch", list(tiny_models.ARCHITECTURES))
-@pytest.mark.parametrize("preset_name", ["w8a16-int8", "w4a16-int4", "w4a16-fp4", "w8a8-fp8"])
+@pytest.mark.parametrize("preset_name", ["w8a16-int8", "w4a16-int4", "w4a16-uint4", "w4a16-fp4", "w8a8-fp8"])
 def test_save_load_is_bit_exact(tmp_path, arch, preset_name):
     model, inputs = tiny_models.build(arch)
     quantize_(model, preset(preset_name))

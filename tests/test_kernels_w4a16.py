@@ -11,20 +11,24 @@ from diffpress.kernels.w4a16 import weight_only_linear
 
 DEVICE = kernel_cases.DEVICE
 WEIGHTS = [(QuantFormat.INT4, Granularity.PER_GROUP, 128), (QuantFormat.INT4, Granularity.PER_GROUP, 32),
+           (QuantFormat.UINT4, Granularity.PER_GROUP, 32), (QuantFormat.UINT4, Granularity.PER_CHANNEL, None),
            (QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16), (QuantFormat.INT8, Granularity.PER_CHANNEL, None),
            (QuantFormat.FP8_E4M3, Granularity.PER_TENSOR, None)]
 
 
 def _packed(n, k, wf, granularity, group, seed=0):
-    packed = quantize_weight(torch.randn(n, k, generator=torch.Generator().manual_seed(seed)), wf, granularity, group)
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) + 0.5  # skewed: zero points matter
+    packed = quantize_weight(weight, wf, granularity, group)
     packed.qdata, packed.scales = packed.qdata.to(DEVICE), packed.scales.to(DEVICE)
+    if packed.zero_points is not None:
+        packed.zero_points = packed.zero_points.to(DEVICE)
     return packed
 
 
 def _run(x, packed, bias, split_k=None):
     out = kernel_cases.poisoned((x.shape[0], packed.shape[0]), x.dtype)
     return weight_only_linear(x, packed.qdata, packed.scales, bias, packed.format, packed.shape[1],
-                              packed.group_size, split_k=split_k, out=out)
+                              packed.group_size, split_k=split_k, out=out, zero_points=packed.zero_points)
 
 
 @pytest.mark.parametrize("wf,granularity,group", WEIGHTS)
@@ -48,5 +52,6 @@ def test_each_dtype_and_split(dtype, m, split_k):
 @pytest.mark.parametrize("dtype", kernel_cases.OUT_DTYPES)
 def test_dequantize_is_exact(wf, granularity, group, dtype):
     packed = _packed(48, 75, wf, granularity, group)
-    out = dequantize(packed.qdata, packed.scales, wf, 75, group, dtype, out=kernel_cases.poisoned((48, 75), dtype))
+    out = dequantize(packed.qdata, packed.scales, wf, 75, group, dtype, out=kernel_cases.poisoned((48, 75), dtype),
+                     zero_points=packed.zero_points)
     assert torch.equal(out, reference.dequantize_weight(packed).to(dtype))

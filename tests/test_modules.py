@@ -80,7 +80,9 @@ def test_unknown_preset_lists_the_presets():
 
 
 def test_spec_validation_names_the_problem():
-    with pytest.raises(ValueError, match="act_format must be an 8-bit format"):
+    with pytest.raises(ValueError, match="act_format must be int8, fp8_e4m3, int4 or fp4_e2m1, got uint4"):
+        QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.UINT4)
+    with pytest.raises(ValueError, match="int4 activations need act_group_size"):
         QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT4)
     assert QuantSpec.from_dict(preset("w4a16-int4").to_dict()) == preset("w4a16-int4")
 

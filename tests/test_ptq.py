@@ -73,7 +73,7 @@ def test_low_rank_split_is_exact_and_takes_the_outliers():
     assert split_low_rank(torch.randn(3, 5), 16)[0].shape == (3, 5)  # rank capped at min(N, K)
 
 
-@pytest.mark.parametrize("fmt,group", [(QuantFormat.INT4, 32), (QuantFormat.FP4_E2M1, 16)])
+@pytest.mark.parametrize("fmt,group", [(QuantFormat.INT4, 32), (QuantFormat.FP4_E2M1, 16), (QuantFormat.UINT4, 32)])
 def test_learned_rounding_beats_nearest_and_stays_on_the_grid(fmt, group):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(32, 64, generator=generator) * 0.1
@@ -84,7 +84,7 @@ def test_learned_rounding_beats_nearest_and_stays_on_the_grid(fmt, group):
     error = lambda packed: (rows @ dequantize(packed).T - rows @ weight.T).square().sum()
     assert error(learned) < 0.95 * error(nearest)
     from diffpress.kernels.reference import expand_scales
-    scaled = dequantize(learned) / expand_scales(learned.scales, learned.granularity, group, (32, 64))
+    scaled = dequantize(learned) / expand_scales(learned.scales, learned.granularity, group, (32, 64)) + offsets(learned)
     grid = grid_values(fmt)
     assert torch.isclose(scaled[..., None], grid).any(-1).all()
     assert torch.equal(learned.scales, nearest.scales)
@@ -100,7 +100,8 @@ def _correlated_layer(seed: int = 0, columns: int = 64):
 
 @pytest.mark.parametrize("fmt,granularity,group", [(QuantFormat.INT4, "per_group", 32), (QuantFormat.FP4_E2M1,
                                                    "per_group", 16), (QuantFormat.INT8, "per_channel", None),
-                                                  (QuantFormat.FP8_E4M3, "per_channel", None)])
+                                                  (QuantFormat.FP8_E4M3, "per_channel", None),
+                                                  (QuantFormat.UINT4, "per_group", 32)])
 @pytest.mark.parametrize("act_order", [True, False])
 def test_gptq_beats_nearest_and_stays_on_the_grid(fmt, granularity, group, act_order):
     from diffpress.compression.gptq import gptq_rounding, output_error
@@ -110,9 +111,16 @@ def test_gptq_beats_nearest_and_stays_on_the_grid(fmt, granularity, group, act_o
     nearest = quantize_weight(weight, fmt, granularity, group, "mse")
     gptq = gptq_rounding(weight, nearest.scales, nearest, rows, act_order=act_order, block_size=16)
     assert output_error(weight, dequantize(gptq), rows) < 0.7 * output_error(weight, dequantize(nearest), rows)
-    scaled = dequantize(gptq) / expand_scales(gptq.scales, gptq.granularity, group, (32, 64))
+    scaled = dequantize(gptq) / expand_scales(gptq.scales, gptq.granularity, group, (32, 64)) + offsets(gptq)
     assert torch.isclose(scaled[..., None], grid_values(fmt)).any(-1).all()
     assert torch.equal(gptq.scales, nearest.scales) and gptq.layout == nearest.layout
+    assert gptq.zero_points is nearest.zero_points
+
+
+def offsets(packed):
+    from diffpress.kernels.reference import zero_point_offsets
+
+    return zero_point_offsets(packed)
 
 
 def test_gptq_blocks_do_not_change_the_result_and_dead_inputs_get_zero_weights():
@@ -211,3 +219,49 @@ def test_spec_validation_of_methods():
         QuantSpec(**W4A8, rounding="gptq", gptq_act_order="yes")
     assert "gptq_damping" not in QuantSpec(**W4A8).to_dict()
     assert QuantSpec(**W4A8, rounding="gptq").to_dict()["gptq_act_order"] is True
+
+
+W4A4_INT = dict(weight_format="int4", granularity="per_group", group_size=64, act_format="int4", act_group_size=64)
+
+
+def test_four_bit_activations_get_one_scale_per_group_of_a_token():
+    from diffpress.kernels.reference import fake_quantize_per_token
+
+    x = torch.randn(5, 128)
+    x[:, 3] *= 50  # one outlier channel: grouping confines its damage to its own group
+    grouped = fake_quantize_per_token(x, QuantFormat.INT4, 64)
+    per_token = fake_quantize_per_token(x, QuantFormat.INT4)
+    assert (grouped - x)[:, 64:].abs().max() < 0.2 * (per_token - x)[:, 64:].abs().max()
+    codes = grouped[:, 64:] / (x[:, 64:].abs().amax(-1, keepdim=True) / 7)
+    assert torch.allclose(codes, codes.round(), atol=1e-4)  # on the INT4 grid of its own group
+    odd = torch.randn(3, 70)  # a partial last group
+    assert fake_quantize_per_token(odd, QuantFormat.FP4_E2M1, 16).shape == odd.shape
+
+
+def test_w4a4_methods_beat_round_to_nearest_and_save_bit_exact(pixart_calibrated, tmp_path):
+    _, inputs, calibration = pixart_calibrated
+    float_model, _ = tiny_models.build("pixart")
+    reference = tiny_models.run(float_model, inputs)
+    rtn, _ = tiny_models.build("pixart")
+    quantize_model(rtn, Recipe(QuantSpec(**W4A4_INT)), calibration)
+    full, _ = tiny_models.build("pixart")
+    quantize_model(full, Recipe(QuantSpec(**W4A4_INT, scale_method="mse", smoothing="auto", low_rank=8,
+                                          rounding="gptq")), calibration)
+    assert sqnr_db(reference, tiny_models.run(full, inputs)) > sqnr_db(reference, tiny_models.run(rtn, inputs)) + 3
+    diffpress.save(full, tmp_path / "w4a4")
+    loaded = diffpress.load(tmp_path / "w4a4")
+    assert torch.equal(tiny_models.run(loaded, inputs), tiny_models.run(full, inputs))
+    assert loaded.transformer_blocks[0].attn1.to_q.spec.act_group_size == 64
+
+
+def test_four_bit_activation_specs_are_checked():
+    with pytest.raises(ValueError, match=r"int4 activations need act_group_size in \[32, 64, 128\], got None"):
+        QuantSpec("int4", "per_group", 64, act_format="int4")
+    with pytest.raises(ValueError, match="int8 activations have one scale per token"):
+        QuantSpec("int4", "per_group", 64, act_format="int8", act_group_size=64)
+    with pytest.raises(ValueError, match="act_mode static needs 8-bit activations"):
+        QuantSpec(**W4A4_INT, act_mode="static")
+    with pytest.raises(ValueError, match="needs act_format"):
+        QuantSpec("int4", "per_group", 64, act_group_size=64)
+    assert "act_group_size" not in QuantSpec(**W4A8).to_dict()
+    assert QuantSpec.from_dict(QuantSpec(**W4A4_INT).to_dict()) == QuantSpec(**W4A4_INT)

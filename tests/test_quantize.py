@@ -63,6 +63,31 @@ def test_zero_and_constant_weights():
         assert torch.allclose(fake_quantize(ones, fmt, Granularity.PER_CHANNEL), ones, rtol=1e-2)
 
 
+@pytest.mark.parametrize("method", ["absmax", "mse"])
+def test_asymmetric_int4_spends_its_levels_on_the_range_a_skewed_group_has(method):
+    generator = torch.Generator().manual_seed(0)
+    skewed = torch.rand(16, 256, generator=generator) * 0.2 - 0.02  # mostly positive, as post-GELU weights are
+    symmetric = quantize_weight(skewed, QuantFormat.INT4, Granularity.PER_GROUP, 128, method)
+    asymmetric = quantize_weight(skewed, QuantFormat.UINT4, Granularity.PER_GROUP, 128, method)
+    assert sqnr_db(skewed, dequantize(asymmetric)) > sqnr_db(skewed, dequantize(symmetric)) + 4
+    assert asymmetric.zero_points.dtype == torch.uint8 and asymmetric.zero_points.shape == asymmetric.scales.shape
+    from diffpress.kernels.layout import unpack
+
+    codes = unpack(asymmetric.qdata, QuantFormat.UINT4, 256)
+    assert codes.min() >= 0 and codes.max() <= 15 and asymmetric.nbytes == 16 * 128 + 16 * 2 * 2 + 16 * 2
+
+
+def test_asymmetric_int4_keeps_zero_exact_and_constant_groups_close():
+    weight = torch.rand(4, 64) * 0.5 + 0.1
+    weight[:, ::7] = 0.0
+    restored = fake_quantize(weight, QuantFormat.UINT4, Granularity.PER_GROUP, 32)
+    assert torch.equal(restored[:, ::7], torch.zeros_like(restored[:, ::7]))
+    zeros = torch.zeros(4, 64)
+    assert torch.equal(fake_quantize(zeros, QuantFormat.UINT4, Granularity.PER_GROUP, 32), zeros)
+    negative = torch.full((4, 64), -0.37)
+    assert torch.allclose(fake_quantize(negative, QuantFormat.UINT4, Granularity.PER_CHANNEL), negative, rtol=1e-2)
+
+
 def test_group_scales_are_bfloat16_and_channel_scales_float32(gaussian):
     assert choose_scales(gaussian, QuantFormat.INT4, Granularity.PER_GROUP, 128).dtype == torch.bfloat16
     assert choose_scales(gaussian, QuantFormat.INT8, Granularity.PER_CHANNEL).dtype == torch.float32

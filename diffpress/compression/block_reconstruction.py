@@ -69,7 +69,8 @@ class _SoftQuantized(nn.Module):
         p, module = self.prepared, self.prepared.module
         is_conv = isinstance(module, nn.Conv2d)
         x_smooth, x_quantized = reference.prepare_activation(x, p.spec.act_format, None, p.factors,
-                                                             channel_dim=1 if is_conv else -1, act_split=p.act_split)
+                                                             channel_dim=1 if is_conv else -1, act_split=p.act_split,
+                                                             act_group_size=p.spec.act_group_size)
         x_quantized = x_smooth + (x_quantized - x_smooth).detach()  # straight-through activation rounding
         weight = self.rounding.soft_weight()
         if is_conv:

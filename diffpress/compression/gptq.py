@@ -5,7 +5,8 @@ layer's inputs, so the output error on those inputs stays small.
 H = X^T X / M over the captured input rows X (M, K), as the quantized layer sees them (smoothed and, for
 W4A8 and the like, activation-quantized), with `damping` x mean(diag H) added to the diagonal. With the
 upper Cholesky factor U of H^-1, column j is rounded to its nearest grid value q_j (the format's grid:
-uniform for INT, exponent-dependent for FP; the scales are the ones the plan's scale method chose), and
+uniform for INT, exponent-dependent for FP; the scales and zero points are the ones the plan's scale
+method chose), and
 w_k -= (w_j - q_j) U_jk / U_jj for every k > j; the updates are applied lazily in blocks of `block_size`
 columns. `act_order` quantizes columns in order of decreasing diag(H) (the scales stay per stored
 group, so the on-disk layout does not change). Inputs whose column is never non-zero get a zero weight.
@@ -17,7 +18,7 @@ import torch
 from ..errors import NumericError
 from ..formats import encode, grid_values
 from ..kernels.layout import PackedWeight, pack
-from ..kernels.reference import expand_scales
+from ..kernels.reference import expand_scales, zero_point_offsets
 from .rounding import grid_neighbours
 
 DEFAULT_DAMPING = 0.01
@@ -60,23 +61,26 @@ def gptq_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: Packe
     work[:, dead] = 0.0
     full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, shape).expand(shape)
     scale_columns = full_scales.double()[:, order]
+    offsets = torch.as_tensor(zero_point_offsets(packed_like)).double().expand(shape)  # asymmetric formats
+    offset_columns = offsets[:, order]
     grid = grid_values(packed_like.format).double()
     chosen = torch.empty_like(work)
     for start in range(0, shape[1], block_size):
         end = min(start + block_size, shape[1])
         block, errors = work[:, start:end].clone(), torch.empty(shape[0], end - start, dtype=work.dtype)
         for j in range(end - start):
-            column, scale = block[:, j], scale_columns[:, start + j]
-            quantized = nearest_on_grid(column / scale, grid)
+            column, scale, offset = block[:, j], scale_columns[:, start + j], offset_columns[:, start + j]
+            quantized = nearest_on_grid(column / scale + offset, grid)
             chosen[:, start + j] = quantized
-            error = (column - quantized * scale) / factor[start + j, start + j]
+            error = (column - (quantized - offset) * scale) / factor[start + j, start + j]
             block[:, j:] -= error[:, None] * factor[start + j, start + j:end][None, :]
             errors[:, j] = error
         work[:, end:] -= errors @ factor[start:end, end:]
     codes = torch.empty_like(chosen)
     codes[:, order] = chosen  # grid values, back in the stored column order
     return PackedWeight(pack(encode(codes.float(), packed_like.format), packed_like.format), scales,
-                        packed_like.format, packed_like.granularity, packed_like.group_size, shape)
+                        packed_like.format, packed_like.granularity, packed_like.group_size, shape,
+                        packed_like.zero_points)
 
 
 def output_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Tensor) -> float:

@@ -1,6 +1,7 @@
 """QuantLinear and QuantConv2d: modules that hold packed weights and compute through the kernels.
 
-Buffers: `qdata` and `scales` (the packed weight) always; optional, per the layer's methods:
+Buffers: `qdata` and `scales` (the packed weight) always, and `zero_points` for an asymmetric weight
+format (uint4); optional, per the layer's methods:
 `smooth` (per-input-channel divisor, SmoothQuant), `lora_down`/`lora_up` (the high-precision
 low-rank branch, SVDQuant), `act_scales` (one static activation scale per timestep bucket; two per
 bucket with shortcut splitting), `bos_out` (the float output for a prompt-independent first text
@@ -18,14 +19,15 @@ from torch import nn
 
 from ..kernels import ops  # noqa: F401  (registers torch.ops.diffpress.*)
 from ..kernels.dispatch import Backend, parse_backend, resolve_backend
-from ..kernels.layout import PackedWeight, qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
+from ..formats import spec_of
+from ..kernels.layout import ZERO_POINT_DTYPE, PackedWeight, qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
 from ..recipe import ActMode, QuantSpec
 from .quantize import quantize_weight
 
 OPTIONAL_BUFFERS = ("smooth", "lora_down", "lora_up", "act_scales", "bos_out")
 # What defines the quantization: moved between devices, never cast to another dtype (a dtype cast of
 # the model changes the compute dtype: biases, the low-rank branch and the BOS output follow it).
-QUANTIZATION_BUFFERS = ("qdata", "scales", "smooth", "act_scales")
+QUANTIZATION_BUFFERS = ("qdata", "scales", "zero_points", "smooth", "act_scales")
 
 
 class _QuantWeightMixin:
@@ -46,6 +48,9 @@ class _QuantWeightMixin:
                                                   dtype=qdata_dtype(spec.weight_format), device=device))
         self.register_buffer("scales", torch.empty(scales_shape(spec.granularity, shape, spec.group_size),
                                                    dtype=scale_dtype_for(spec.granularity), device=device))
+        asymmetric = spec_of(spec.weight_format).zero_point
+        self.register_buffer("zero_points", torch.empty(scales_shape(spec.granularity, shape, spec.group_size),
+                                                        dtype=ZERO_POINT_DTYPE, device=device) if asymmetric else None)
         for name in OPTIONAL_BUFFERS:
             self.register_buffer(name, None)
 
@@ -66,7 +71,7 @@ class _QuantWeightMixin:
         return quantized
 
     def set_packed(self, packed: PackedWeight) -> None:
-        self.qdata, self.scales = packed.qdata, packed.scales
+        self.qdata, self.scales, self.zero_points = packed.qdata, packed.scales, packed.zero_points
 
     def set_optional(self, name: str, tensor: torch.Tensor | None) -> None:
         if name not in OPTIONAL_BUFFERS:
@@ -82,7 +87,8 @@ class _QuantWeightMixin:
     @property
     def packed(self) -> PackedWeight:
         s = self.spec
-        return PackedWeight(self.qdata, self.scales, s.weight_format, s.granularity, s.group_size, self.weight_shape)
+        return PackedWeight(self.qdata, self.scales, s.weight_format, s.granularity, s.group_size, self.weight_shape,
+                            self.zero_points)
 
     def _low_rank(self):
         return (self.lora_down, self.lora_up) if self.lora_down is not None else None
@@ -131,7 +137,7 @@ class _QuantWeightMixin:
     def _op_args(self) -> tuple:
         """The tensors and plain values every diffpress custom op takes after x."""
         s = self.spec
-        return (self.qdata, self.scales, self.bias, self.smooth, self.lora_down, self.lora_up, self._act_scale(),
+        return (self.qdata, self.scales, self.zero_points, self.bias, self.smooth, self.lora_down, self.lora_up, self._act_scale(),
                 s.weight_format.value, s.granularity.value, s.group_size or 0)
 
     def _resolved_backend(self) -> str:
@@ -161,7 +167,7 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.spec.act_format.value if self.spec.act_format else ""
         y = torch.ops.diffpress.quantized_linear(x, *self._op_args(), self.weight_shape[1], act,
-                                                 self._resolved_backend())
+                                                 self.spec.act_group_size or 0, self._resolved_backend())
         return self._with_bos_output(y)
 
     def _with_bos_output(self, y: torch.Tensor) -> torch.Tensor:
@@ -206,7 +212,8 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         padding_name = self.padding if isinstance(self.padding, str) else ""
         return torch.ops.diffpress.quantized_conv2d(x, *self._op_args(), list(self.kernel_shape), list(self.stride),
                                                     list(padding), padding_name, list(self.dilation), self.groups,
-                                                    act, self.act_split or 0, self._resolved_backend())
+                                                    act, self.spec.act_group_size or 0, self.act_split or 0,
+                                                    self._resolved_backend())
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -240,7 +240,8 @@ def _output_error(context: LayerContext, factors: torch.Tensor) -> float:
     weight = smoothed_weight(module, factors)
     packed = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
     row_factors = _row_factors(module, factors)
-    y = reference.quantized_linear(rows, packed, None, spec.act_format, None, row_factors)
+    y = reference.quantized_linear(rows, packed, None, spec.act_format, None, row_factors,
+                                   act_group_size=spec.act_group_size)
     target = rows @ _flat_weight(module).T
     return float((y - target).square().sum() / target.square().sum().clamp_min(1e-20))
 
@@ -263,7 +264,8 @@ def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations
     rows = context.inputs.rows
     row_factors = _row_factors(context.module, factors) if factors is not None else None
     row_split = context.act_split * _patch_size(context.module) if context.act_split else None
-    smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, row_factors, act_split=row_split)
+    smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, row_factors, act_split=row_split,
+                                                       act_group_size=spec.act_group_size)
     if spec.rounding is Rounding.GPTQ:
         return gptq_rounding(weight, nearest.scales, nearest, quantized, spec.gptq_damping, spec.gptq_act_order)
     return learn_rounding(weight, nearest.scales, nearest, smoothed, quantized, iterations=rounding_iterations)

@@ -1,9 +1,11 @@
 """Reference weight quantization in pure torch: scale choice, quantize, dequantize, fake-quantize.
 
-Scales are symmetric (no zero points). `absmax` maps each unit's largest magnitude onto the grid's
+Symmetric formats have one scale per unit: `absmax` maps each unit's largest magnitude onto the grid's
 largest code; `mse` searches clipping ratios per unit (channel or group) and keeps the ratio with
 the smallest squared reconstruction error, which pays off at 4 bits where one outlier otherwise
-stretches the grid for the whole group.
+stretches the grid for the whole group. The asymmetric format (uint4) adds an integer zero point per
+unit: the 16 codes span [min, max] of the unit (widened to include 0, so zero stays exact) instead of
+[-absmax, absmax], which wastes no levels on a skewed unit; `mse` shrinks that range by the same ratios.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import enum
 import torch
 
 from ..formats import Granularity, QuantFormat, check_granularity, decode, encode, spec_of
-from ..kernels.layout import PackedWeight, pack, scale_dtype_for
+from ..kernels.layout import ZERO_POINT_DTYPE, PackedWeight, pack, scale_dtype_for
 from ..kernels.reference import dequantize_weight, expand_scales
 
 
@@ -35,8 +37,9 @@ def _as_units(weight: torch.Tensor, granularity: Granularity, group_size: int | 
     return padded.reshape(-1, group_size)
 
 
-def _roundtrip(units: torch.Tensor, scales: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
-    return decode(encode(units / scales, fmt), fmt) * scales
+def _roundtrip(units: torch.Tensor, scales: torch.Tensor, fmt: QuantFormat,
+               zeros: torch.Tensor | float = 0.0) -> torch.Tensor:
+    return (decode(encode(units / scales + zeros, fmt), fmt) - zeros) * scales
 
 
 def _store(scales: torch.Tensor, granularity: Granularity) -> torch.Tensor:
@@ -49,7 +52,8 @@ def _store(scales: torch.Tensor, granularity: Granularity) -> torch.Tensor:
 def choose_scales(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
                   group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX,
                   clip_ratios: tuple[float, ...] = DEFAULT_CLIP_RATIOS) -> torch.Tensor:
-    """Per-unit scales for an (N, K) weight, in storage dtype, shaped as the layout wants them."""
+    """Per-unit scales for an (N, K) weight, in storage dtype, shaped as the layout wants them (symmetric
+    formats; see `choose_asymmetric` for uint4)."""
     check_granularity(fmt, granularity, group_size)
     units = _as_units(weight.float(), granularity, group_size)
     absmax = units.abs().amax(dim=1, keepdim=True)
@@ -75,6 +79,41 @@ def _search_clipping(units: torch.Tensor, base_scales: torch.Tensor, fmt: QuantF
     return best_scales
 
 
+def choose_asymmetric(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
+                      group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX,
+                      clip_ratios: tuple[float, ...] = DEFAULT_CLIP_RATIOS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, zero points) per unit of an (N, K) weight for an asymmetric format, shaped as the layout
+    wants them: the unit's [min, max] (with 0 inside) mapped onto codes 0..qmax, shrunk by the clipping
+    ratio with the smallest squared error when `method` is mse."""
+    check_granularity(fmt, granularity, group_size)
+    units = _as_units(weight.float(), granularity, group_size)
+    low, high = units.amin(dim=1, keepdim=True).clamp_max(0), units.amax(dim=1, keepdim=True).clamp_min(0)
+    ratios = (1.0,) if ScaleMethod(method) is ScaleMethod.ABSMAX else (1.0, *clip_ratios)
+    best_scales = best_zeros = best_error = None
+    for ratio in ratios:
+        scales, zeros = _asymmetric_grid(low * ratio, high * ratio, fmt, granularity)
+        error = (_roundtrip(units, scales, fmt, zeros) - units).square().sum(dim=1, keepdim=True)
+        if best_error is None:
+            best_scales, best_zeros, best_error = scales, zeros, error
+            continue
+        better = error < best_error
+        best_scales = torch.where(better, scales, best_scales)
+        best_zeros = torch.where(better, zeros, best_zeros)
+        best_error = torch.where(better, error, best_error)
+    return (_reshape_scales(best_scales, granularity, weight.shape).to(scale_dtype_for(granularity)),
+            _reshape_scales(best_zeros, granularity, weight.shape).to(ZERO_POINT_DTYPE))
+
+
+def _asymmetric_grid(low: torch.Tensor, high: torch.Tensor, fmt: QuantFormat,
+                     granularity: Granularity) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stored scale, integer zero point) mapping [low, high] onto codes 0..qmax."""
+    qmax = spec_of(fmt).qmax
+    span = high - low
+    scales = _store(torch.where(span > 0, span / qmax, torch.ones_like(span)), granularity).float()
+    zeros = torch.round(-low / scales).clamp(0, qmax)
+    return scales, zeros
+
+
 def _reshape_scales(scales: torch.Tensor, granularity: Granularity, shape: torch.Size) -> torch.Tensor:
     if granularity is Granularity.PER_TENSOR:
         return scales.reshape(1)
@@ -85,16 +124,20 @@ def _reshape_scales(scales: torch.Tensor, granularity: Granularity, shape: torch
 
 def quantize_weight(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
                     group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX,
-                    scales: torch.Tensor | None = None) -> PackedWeight:
-    """Quantize an (N, K) float weight into a PackedWeight (scales chosen unless given)."""
+                    scales: torch.Tensor | None = None, zero_points: torch.Tensor | None = None) -> PackedWeight:
+    """Quantize an (N, K) float weight into a PackedWeight (scales, and zero points for an asymmetric format,
+    chosen unless given)."""
     if weight.dim() != 2:
         raise ValueError(f"quantize_weight expects an (N, K) weight, got shape {tuple(weight.shape)}")
     fmt, granularity = QuantFormat(fmt), Granularity(granularity)
-    if scales is None:
+    shape = tuple(weight.shape)
+    if scales is None and spec_of(fmt).zero_point:
+        scales, zero_points = choose_asymmetric(weight, fmt, granularity, group_size, method)
+    elif scales is None:
         scales = choose_scales(weight, fmt, granularity, group_size, method)
-    full_scales = expand_scales(scales, granularity, group_size, tuple(weight.shape))
-    codes = encode(weight.float() / full_scales, fmt)
-    return PackedWeight(pack(codes, fmt), scales, fmt, granularity, group_size, tuple(weight.shape))
+    offsets = expand_scales(zero_points, granularity, group_size, shape) if zero_points is not None else 0.0
+    codes = encode(weight.float() / expand_scales(scales, granularity, group_size, shape) + offsets, fmt)
+    return PackedWeight(pack(codes, fmt), scales, fmt, granularity, group_size, shape, zero_points)
 
 
 def dequantize(packed: PackedWeight) -> torch.Tensor:

@@ -2,9 +2,10 @@
 and EDA-DM), on INT and FP grids alike (the learned-rounding FP variant of "Low-Bitwidth Floating
 Point Quantization for Efficient High-Quality Diffusion Models").
 
-Each scaled weight w/s lies between two neighbouring grid values lo <= w/s <= hi (uniform steps
-for INT, the exponent-dependent steps of e4m3/e2m1 for FP). Instead of rounding to the nearest,
-a per-weight variable V chooses: w_q = s (lo + h(V) (hi - lo)), h the rectified sigmoid. V is
+Each scaled weight w/s (+ the zero point z of an asymmetric format) lies between two neighbouring grid
+values lo <= w/s + z <= hi (uniform steps for INT, the exponent-dependent steps of e4m3/e2m1 for FP).
+Instead of rounding to the nearest, a per-weight variable V chooses: w_q = s (lo + h(V) (hi - lo) - z),
+h the rectified sigmoid. V is
 fitted so the layer's output on captured inputs matches the float output,
 |X_q W_q^T - X W^T|^2 / |X W^T|^2 + lambda * sum(1 - |2h - 1|^beta), with beta annealed from 20
 to 2 so h ends at 0 or 1; the final codes are exactly lo or hi. This is layer-wise reconstruction
@@ -17,7 +18,7 @@ import torch
 
 from ..formats import QuantFormat, encode, grid_values
 from ..kernels.layout import PackedWeight, pack
-from ..kernels.reference import expand_scales
+from ..kernels.reference import expand_scales, zero_point_offsets
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -39,14 +40,16 @@ class RoundingVariables:
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, packed_like: PackedWeight) -> None:
         self.packed_like, self.shape = packed_like, tuple(weight.shape)
         self.full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, self.shape)
-        self.lower, self.upper = grid_neighbours(weight.float() / self.full_scales, grid_values(packed_like.format))
+        self.offsets = zero_point_offsets(packed_like)  # 0 for symmetric formats
+        scaled = weight.float() / self.full_scales + self.offsets
+        self.lower, self.upper = grid_neighbours(scaled, grid_values(packed_like.format))
         self.step = (self.upper - self.lower).clamp_min(1e-12)
-        fraction = ((weight.float() / self.full_scales - self.lower) / self.step).clamp(0.01, 0.99)
+        fraction = ((scaled - self.lower) / self.step).clamp(0.01, 0.99)
         self.variable = (-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)).requires_grad_(True)
         self.scales = scales
 
     def soft_weight(self) -> torch.Tensor:
-        return self.full_scales * (self.lower + _rectified_sigmoid(self.variable) * self.step)
+        return self.full_scales * (self.lower + _rectified_sigmoid(self.variable) * self.step - self.offsets)
 
     def penalty(self, beta: float | None) -> torch.Tensor:
         """Pushes every h(V) to 0 or 1 (zero before the warm-up ends)."""
@@ -60,7 +63,7 @@ class RoundingVariables:
         with torch.no_grad():
             chosen = torch.where(_rectified_sigmoid(self.variable) >= 0.5, self.upper, self.lower)
         return PackedWeight(pack(encode(chosen, like.format), like.format), self.scales, like.format,
-                            like.granularity, like.group_size, self.shape)
+                            like.granularity, like.group_size, self.shape, like.zero_points)
 
 
 def learn_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: PackedWeight, inputs: torch.Tensor,

@@ -2,7 +2,8 @@
 
 Used by the QuantConv2d path on the triton backend: the stored weight stays compressed and is
 expanded just before the convolution (cuDNN), which then runs in the activation's dtype. Values are
-`value(code) * scale` in fp32, rounded once to the output dtype, as in `reference.dequantize_weight`.
+`value(code) * scale` (uint4: `(code - zero point) * scale`) in fp32, rounded once to the output dtype, as
+in `reference.dequantize_weight`.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import triton.language as tl
 
 from ..formats import QuantFormat
 from ._triton_common import interpreting, scale_strides, store_output, triton_dtype
-from .w4a16 import _WEIGHT_KIND, _weight_tile
+from .w4a16 import _WEIGHT_KIND, _scaled_tile, _weight_tile, zero_point_operand
 
 _BLOCK_N, _BLOCK_K = 32, 64
 
 
 @triton.jit
-def dequantize_kernel(b_ptr, w_scale_ptr, out_ptr, N, K, stride_bn, stride_on, stride_sn, stride_sg,
-                      WEIGHT_KIND: tl.constexpr, GROUP: tl.constexpr, OUT_DTYPE: tl.constexpr,
+def dequantize_kernel(b_ptr, w_scale_ptr, zero_ptr, out_ptr, N, K, stride_bn, stride_on, stride_sn, stride_sg,
+                      WEIGHT_KIND: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, OUT_DTYPE: tl.constexpr,
                       INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """b: packed weight (8-bit (N, K) or nibbles (N, ceil(K/2))); out (N, K) = value * scale."""
     offs_n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
@@ -27,13 +28,13 @@ def dequantize_kernel(b_ptr, w_scale_ptr, out_ptr, N, K, stride_bn, stride_on, s
     offs_k = k0 + tl.arange(0, BLOCK_K)
     value = _weight_tile(b_ptr, offs_k, offs_n, N, K, stride_bn, k0, WEIGHT_KIND, BLOCK_K)
     mask = (offs_k[:, None] < K) & (offs_n[None, :] < N)
-    scale = tl.load(w_scale_ptr + offs_n[None, :] * stride_sn + (offs_k[:, None] // GROUP) * stride_sg,
-                    mask=mask, other=0.0).to(tl.float32)
-    store_output(out_ptr + offs_n[None, :] * stride_on + offs_k[:, None], value * scale, mask, OUT_DTYPE, INTERPRET)
+    scaled = _scaled_tile(value, w_scale_ptr, zero_ptr, offs_k, offs_n, N, K, stride_sn, stride_sg, GROUP, HAS_ZERO)
+    store_output(out_ptr + offs_n[None, :] * stride_on + offs_k[:, None], scaled, mask, OUT_DTYPE, INTERPRET)
 
 
 def dequantize(qdata: torch.Tensor, w_scales: torch.Tensor, weight_format: QuantFormat, k: int,
-               group_size: int | None, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+               group_size: int | None, dtype: torch.dtype, out: torch.Tensor | None = None,
+               zero_points: torch.Tensor | None = None) -> torch.Tensor:
     """Packed weight -> (N, k) tensor of `dtype` (float32, bfloat16 or float16)."""
     n = qdata.shape[0]
     if out is None:
@@ -41,8 +42,11 @@ def dequantize(qdata: torch.Tensor, w_scales: torch.Tensor, weight_format: Quant
     stride_sn, stride_sg = scale_strides(w_scales)
     grid = (triton.cdiv(n, _BLOCK_N), triton.cdiv(k, _BLOCK_K))
     if n and k:
-        dequantize_kernel[grid](qdata, w_scales, out, n, k, qdata.stride(0), out.stride(0), stride_sn, stride_sg,
+        zero_points = zero_point_operand(zero_points, w_scales)
+        dequantize_kernel[grid](qdata, w_scales, zero_points if zero_points is not None else w_scales, out, n, k,
+                                qdata.stride(0), out.stride(0), stride_sn, stride_sg,
                                 WEIGHT_KIND=_WEIGHT_KIND[weight_format], GROUP=group_size or 1,
+                                HAS_ZERO=zero_points is not None,
                                 OUT_DTYPE=triton_dtype(dtype), INTERPRET=interpreting(),
                                 BLOCK_N=_BLOCK_N, BLOCK_K=_BLOCK_K)
     return out

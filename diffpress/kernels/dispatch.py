@@ -49,6 +49,10 @@ def linear_kernel(weight_format: QuantFormat, act_format: QuantFormat | None) ->
     """The kernel family that runs a linear layer with these formats, or None when no kernel does."""
     if act_format is None:
         return KernelFamily.WEIGHT_ONLY
+    if spec_of(act_format).bits == 4:
+        return None  # 4-bit activations: no Triton kernel yet (4-bit tensor-core dots need Blackwell)
+    if spec_of(weight_format).zero_point:
+        return None  # the integer-dot kernels take symmetric codes only
     if spec_of(weight_format).bits == 4:
         return KernelFamily.W4A8
     if spec_of(weight_format).storage_dtype == spec_of(act_format).storage_dtype:
@@ -60,6 +64,12 @@ def kernel_gap(weight_format: QuantFormat, act_format: QuantFormat | None) -> st
     """Why no Triton kernel covers this (weight, activation) pair, or None when one does."""
     if linear_kernel(weight_format, act_format) is not None:
         return None
+    if spec_of(act_format).bits == 4:
+        return (f"{act_format.value} activations run on the reference backend (4-bit activation dots need "
+                "Blackwell tensor cores; no Triton kernel yet)")
+    if spec_of(weight_format).zero_point:
+        return (f"the W4A8 and W8A8 kernels multiply symmetric codes; asymmetric {weight_format.value} weights with "
+                f"{act_format.value} activations run on the reference backend")
     return (f"the W8A8 kernel multiplies codes of one type; weight {weight_format.value} with "
             f"activations {act_format.value} has no Triton kernel")
 

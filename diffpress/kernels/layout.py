@@ -9,7 +9,9 @@ A quantized weight of logical shape (N, K) (Conv2d weights are flattened to
   code. int4 codes are two's complement nibbles, fp4 codes sign-magnitude e2m1 (see formats).
 
 `scales` (float32 for per-tensor/per-channel, bfloat16 for per-group) have shape (1,), (N,) or
-(N, ceil(K/group_size)); the last group of a row may be partial. Layout names are versioned: a
+(N, ceil(K/group_size)); the last group of a row may be partial. Asymmetric formats (uint4) add
+`zero_points`, uint8 in [0, 15], shaped as the scales: value = (code - zero point) x scale; their nibbles
+are unsigned. Layout names are versioned: a
 layout that changes gets a new name, and old files keep loading through the old one.
 """
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PackedWeight:
     granularity: Granularity
     group_size: int | None
     shape: tuple[int, int]
+    zero_points: torch.Tensor | None = None  # asymmetric formats only
 
     @property
     def layout(self) -> Layout:
@@ -64,7 +67,11 @@ class PackedWeight:
 
     @property
     def nbytes(self) -> int:
-        return self.qdata.numel() * self.qdata.element_size() + self.scales.numel() * self.scales.element_size()
+        extra = self.zero_points.numel() if self.zero_points is not None else 0
+        return self.qdata.numel() * self.qdata.element_size() + self.scales.numel() * self.scales.element_size() + extra
+
+
+ZERO_POINT_DTYPE = torch.uint8
 
 
 def qdata_shape(fmt: QuantFormat, shape: tuple[int, int]) -> tuple[int, int]:

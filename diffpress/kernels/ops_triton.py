@@ -36,7 +36,7 @@ def linear_2d(x2: torch.Tensor, packed: PackedWeight, bias, act_format, act_scal
     family = linear_kernel(packed.format, act_format)
     if family is KernelFamily.WEIGHT_ONLY:
         return weight_only_linear(x2, packed.qdata, packed.scales, bias, packed.format, k, packed.group_size,
-                                  out_dtype=out_dtype)
+                                  out_dtype=out_dtype, zero_points=packed.zero_points)
     if family is KernelFamily.W4A8:
         return w4a8_linear(x2, packed.qdata, packed.scales, bias, packed.format, act_format, k, act_scale,
                            packed.group_size, out_dtype=out_dtype)
@@ -75,7 +75,8 @@ def quantized_conv2d(x, packed, kernel_shape, bias, conv, act_format, act_scale,
                      act_split) -> torch.Tensor:
     x_smooth = _smoothed(x, smooth, 1)
     x_in = fake_quantize_pixels(x_smooth, act_format, act_scale, act_split) if act_format else x_smooth
-    weight = dequantize(packed.qdata, packed.scales, packed.format, packed.shape[1], packed.group_size, x.dtype)
+    weight = dequantize(packed.qdata, packed.scales, packed.format, packed.shape[1], packed.group_size, x.dtype,
+                        zero_points=packed.zero_points)
     y = F.conv2d(x_in.to(x.dtype), weight.reshape(kernel_shape), bias.to(x.dtype) if bias is not None else None,
                  **conv)
     if low_rank is not None:
