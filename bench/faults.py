@@ -6,7 +6,8 @@ One uninterrupted run gives the reference output and its duration T. Then:
 - kills: each run is killed with SIGKILL, a third of them at a random moment in the calibration window
   (between the reference run's start-up and its first checkpointed layer), a third at a random moment
   in (0, T), and a third just after the staging directory gets its first file (saving); the phase is
-  read from what the run had written. After each kill: no directory at --out,
+  read from what the run had written. After each kill: no directory at --out (or, for a kill that came
+  after the publishing rename, the whole output, bit-identical to the reference),
   the input's files unchanged (sha256), and the next run (alternately a plain rerun and --resume)
   succeeds with output bit-identical to the reference and no hidden leftovers beside --out;
 - interrupts: SIGINT at a random moment: exit status 130, a one-line message, nothing at --out and no
@@ -61,9 +62,11 @@ def hidden_beside(out: Path) -> list[str]:
 
 def start(command: list[str], out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # SIGINT as a terminal's Ctrl-C delivers it: a benchmark started in the background inherits it ignored
     return subprocess.Popen([sys.executable, "-m", "diffpress", *command, "--out", str(out), "--quiet",
                              "--checkpoint-every", "0", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run(command: list[str], out: Path, *extra: str) -> tuple[int, str, float]:
@@ -136,10 +139,12 @@ def kills(command, count, duration, calibration_ends, reference, input_hashes, r
             where = phase(out)
             process.send_signal(signal.SIGKILL)
             process.wait()
+            if out.exists():  # killed after the rename that publishes it, before the process exited
+                where = "after publishing"
+        # an output at --out after a kill is partial unless it is the whole, bit-identical output
         record = {"schedule": how, "moment_s": None if how == "on saving" else round(moment, 2),
                   "phase": "finished before the kill" if finished_first else where,
-                  "partial_output": (out.exists() and tree_hashes(out) != reference) if finished_first
-                  else out.exists(),
+                  "partial_output": out.exists() and tree_hashes(out) != reference,
                   "input_changed": tree_hashes(input_root()) != input_hashes}
         shutil.rmtree(out, ignore_errors=True)
         mode = "--resume" if index % 2 else "plain"
