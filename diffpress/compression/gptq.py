@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import NumericError
+from ..metrics import relative_error
 from ..formats import encode, grid_values
 from ..kernels.layout import PackedWeight, pack
 from ..kernels.reference import expand_scales, zero_point_offsets
@@ -85,6 +86,4 @@ def gptq_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: Packe
 
 def output_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Tensor) -> float:
     """|X W^T - X Q^T|^2 / |X W^T|^2: what GPTQ lowers (for tests and benchmarks)."""
-    reference = inputs.double() @ weight.double().T
-    return float((reference - inputs.double() @ quantized.double().T).square().sum()
-                 / reference.square().sum().clamp_min(1e-30))
+    return float(relative_error(inputs.double() @ weight.double().T, inputs.double() @ quantized.double().T))
