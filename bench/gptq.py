@@ -29,7 +29,8 @@ def rows() -> list[tuple[str, object]]:
 
 def main() -> None:
     args = recipe_rows.arguments(__doc__)
-    recipe_rows.write("gptq", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only))
+    recipe_rows.write("gptq", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only,
+                                                                   args.seeds))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,24 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--model", default="builtin:digits")
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--only", nargs="*", help="run only rows whose label contains one of these")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="evaluation seeds (the sampling noise); the first gives the headline columns")
     return parser.parse_args()
 
 
-def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, only: list[str] | None) -> list[dict]:
+def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, only: list[str] | None,
+            seeds: list[int] = (0,)) -> list[dict]:
     """Calibrate once (the default options), then per row: `diffpress.compress` from that file (timed: the
-    quantization alone) and `diffpress.evaluate`."""
-    results = []
+    quantization alone) and an evaluation against the float model at each seed (the reference sampled once
+    per seed). Every PSNR has its bootstrap 95% interval over the samples, and each row is compared with the
+    first row of its group (the label's first word) and with the row before it in the group by a paired
+    bootstrap over the same samples, at every seed."""
+    from diffpress import io
+    from diffpress.evaluation import EvalSettings, evaluate_pipeline, sample_reference
+
+    results, errors = [], {}
+    references = {seed: sample_reference(model, EvalSettings.for_model(model, num_samples, seed=seed))
+                  for seed in seeds}
     with tempfile.TemporaryDirectory(prefix="diffpress-rows-") as temporary:
         calibration = Path(temporary) / "calibration.safetensors"
         diffpress.calibrate(model, out=calibration)
@@ -40,13 +51,36 @@ def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, onl
             started = time.perf_counter()
             result = diffpress.compress(model, Recipe(spec), out, calibration=calibration, checkpoint_every=None)
             seconds = time.perf_counter() - started
-            evaluation = diffpress.evaluate(model, out, num_samples=num_samples)
+            pipe = io.load(out)
+            sides = {seed: evaluate_pipeline(reference, pipe).compressed for seed, reference in references.items()}
+            errors[label] = {seed: side.sample_mse for seed, side in sides.items()}
             row = {"row": label, "recipe": spec.to_dict(), "compress_seconds": round(seconds, 1),
-                   "denoiser_bytes": result.bytes_after, **evaluation.compressed.to_dict()}
+                   "denoiser_bytes": result.bytes_after, **sides[seeds[0]].to_dict(),
+                   "by_seed": [{"seed": seed, "psnr_db": round(side.psnr_db, 3), "psnr_ci95_db": side.psnr_ci95_db,
+                                "classifier_accuracy": side.classifier_accuracy} for seed, side in sides.items()]}
+            row.update(_comparisons(label, [r["row"] for r in results], errors))
             results.append(row)
-            print(json.dumps({k: row.get(k) for k in ("row", "psnr_db", "ssim", "classifier_accuracy",
-                                                      "compress_seconds", "denoiser_bytes")}), flush=True)
+            print(json.dumps({k: row.get(k) for k in ("row", "psnr_db", "psnr_ci95_db", "classifier_accuracy",
+                                                      "compress_seconds", "denoiser_bytes", "vs_group_first",
+                                                      "vs_previous")}), flush=True)
     return results
+
+
+def _comparisons(label: str, earlier: list[str], errors: dict) -> dict:
+    """Paired PSNR differences (per seed, with bootstrap 95% intervals) against the group's first row and the
+    previous row of the group."""
+    from diffpress.metrics import paired_psnr_difference
+
+    group = [row for row in earlier if row.split()[0] == label.split()[0]]
+    result = {}
+    for key, other in (("vs_group_first", group[0] if group else None), ("vs_previous", group[-1] if group else None)):
+        if other is None or (key == "vs_previous" and other == group[0]):
+            continue
+        result[key] = {"row": other, "by_seed": [
+            {"seed": seed, **{k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v])
+                              for k, v in paired_psnr_difference(mse, errors[other][seed]).items()}}
+            for seed, mse in errors[label].items()]}
+    return result
 
 
 def write(kind: str, args: argparse.Namespace, results: list[dict]) -> Path:

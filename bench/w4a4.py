@@ -5,10 +5,11 @@
 For w4a4-int (INT4 g64 weights, INT4 activations per token in groups of 64, SVDQuant's grouping) and w4a4-fp4
 (FP4 e2m1 weights and activations with block-16 scales, NVFP4-style), each row adds one method to the previous:
 rtn (absmax, nearest) -> + clipping (MSE) -> + smoothing (searched per layer) -> + low-rank (rank 8, high
-precision) -> + GPTQ; then GPTQ without the low-rank branch, and the W4A8 preset of the same weight format for
-scale. One calibration set (the defaults: 32 samples x 25 steps, 8 buckets, 4 calls per bucket) serves every row;
-each row is `diffpress.compress` from it, then `diffpress.evaluate` at identical seeds. 4-bit activations run on
-the reference backend. Writes bench/results/w4a4-MODEL.json.
+precision) -> + GPTQ -> + rotation (randomized block Hadamard); then GPTQ without the low-rank branch, with and
+without rotation, and round-to-nearest with rotation alone. One calibration set (the defaults: 32 samples x 25 steps, 8 buckets, 4 calls per bucket) serves every row;
+each row is `diffpress.compress` from it, then evaluated at identical seeds (0 and 1 by default), with bootstrap
+intervals and paired differences against the group's rtn row and the previous row. 4-bit activations run on the
+reference backend. Writes bench/results/w4a4-MODEL.json.
 """
 from __future__ import annotations
 
@@ -26,14 +27,18 @@ def rows() -> list[tuple[str, object]]:
         ladder.append(("+smoothing", replace(ladder[-1][1], smoothing="auto")))
         ladder.append(("+low-rank 8", replace(ladder[-1][1], low_rank=8)))
         ladder.append(("+gptq", replace(ladder[-1][1], rounding="gptq")))
+        ladder.append(("+rotation", replace(ladder[-1][1], rotation="hadamard")))
         ladder.append(("gptq without low-rank", replace(ladder[2][1], rounding="gptq")))
+        ladder.append(("rotation + gptq without low-rank", replace(ladder[-1][1], rotation="hadamard")))
+        ladder.append(("rtn + rotation", replace(rtn, rotation="hadamard")))
         result += [(f"{name} {label}", spec) for label, spec in ladder]
     return result
 
 
 def main() -> None:
     args = recipe_rows.arguments(__doc__)
-    recipe_rows.write("w4a4", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only))
+    recipe_rows.write("w4a4", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only,
+                                                                   args.seeds))
 
 
 if __name__ == "__main__":

@@ -63,9 +63,13 @@ class SideMetrics:
     frechet_distance: float
     size_bytes: int
     seconds: float
+    psnr_ci95_db: list[float] | None = None  # bootstrap 95% interval over the samples
+    classifier_accuracy_ci95: list[float] | None = None
+    sample_mse: torch.Tensor | None = None  # per sample, vs the reference (images in [0, 1]): paired comparisons
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The metrics as JSON (the per-sample errors stay out)."""
+        return {k: v for k, v in asdict(self).items() if k != "sample_mse"}
 
 
 @dataclass
@@ -171,16 +175,24 @@ def _sample(pipe, labels, noise, settings: EvalSettings, progress: bool) -> tupl
 @torch.no_grad()
 def _side(reference_images, images, labels, classifier, real_features, pipe, seconds) -> SideMetrics:
     mean, cov = metrics.feature_statistics(classifier.features(images))
-    accuracy = (classifier(images).argmax(1) == labels).float().mean().item()
+    correct = (classifier(images).argmax(1) == labels).double()
     fidelity = reference_images is not None
     to_unit = lambda x: (x + 1) / 2  # [-1, 1] -> [0, 1]
+    sample_mse = metrics.per_sample_mse(to_unit(reference_images), to_unit(images)) if fidelity else None
     return SideMetrics(
         psnr_db=metrics.psnr_db(to_unit(reference_images), to_unit(images)) if fidelity else None,
         ssim=metrics.ssim(to_unit(reference_images), to_unit(images)) if fidelity else None,
-        classifier_accuracy=accuracy,
+        classifier_accuracy=correct.mean().item(),
         frechet_distance=metrics.frechet_distance(mean, cov, real_features["mean"], real_features["cov"]),
         size_bytes=metrics.state_bytes(find_denoiser(pipe)),
-        seconds=seconds)
+        seconds=seconds,
+        psnr_ci95_db=_rounded(metrics.psnr_interval(sample_mse)) if fidelity else None,
+        classifier_accuracy_ci95=_rounded(metrics.interval(metrics.bootstrap_means(correct))),
+        sample_mse=sample_mse)
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
 
 
 def save_grid(reference_images: torch.Tensor, compressed_images: torch.Tensor, path: Path,

@@ -30,6 +30,51 @@ def psnr_db(reference: torch.Tensor, approximation: torch.Tensor, data_range: fl
     return float(value)
 
 
+def per_sample_mse(reference: torch.Tensor, approximation: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample of a batch (float64, (B,))."""
+    return (approximation.double() - reference.double()).square().flatten(1).mean(1)
+
+
+def psnr_from_mse(mse: float | torch.Tensor, data_range: float = 1.0) -> float | torch.Tensor:
+    """10 log10(range^2 / mse): the batch PSNR when `mse` is the mean of equal-sized samples' MSEs."""
+    if isinstance(mse, torch.Tensor):
+        return 10 * torch.log10(data_range ** 2 / mse)
+    return 10 * math.log10(data_range ** 2 / mse) if mse > 0 else math.inf
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_means(values: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> torch.Tensor:
+    """The means of `resamples` resamples (with replacement, same size) of per-sample `values`, float64."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, len(values), (resamples, len(values)), generator=generator)
+    return values.double()[index].mean(1)
+
+
+def interval(samples: torch.Tensor, level: float = 0.95) -> list[float]:
+    """The central `level` percentile interval of bootstrap statistics."""
+    tail = (1 - level) / 2
+    return [float(torch.quantile(samples, tail)), float(torch.quantile(samples, 1 - tail))]
+
+
+def psnr_interval(sample_mse: torch.Tensor, level: float = 0.95, data_range: float = 1.0) -> list[float]:
+    """Bootstrap `level` interval over samples of the batch PSNR whose per-sample MSEs are `sample_mse`."""
+    finite = psnr_from_mse(bootstrap_means(sample_mse).clamp_min(1e-30), data_range)
+    return interval(finite, level)
+
+
+def paired_psnr_difference(mse_a: torch.Tensor, mse_b: torch.Tensor, level: float = 0.95) -> dict:
+    """PSNR(a) - PSNR(b) over the same samples (same seeds), with its paired bootstrap `level` interval: the
+    samples are resampled together, so what both rows share does not widen the interval."""
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randint(0, len(mse_a), (BOOTSTRAP_RESAMPLES, len(mse_a)), generator=generator)
+    a, b = mse_a.double()[index].mean(1), mse_b.double()[index].mean(1)
+    difference = psnr_from_mse(a.clamp_min(1e-30)) - psnr_from_mse(b.clamp_min(1e-30))
+    point = psnr_from_mse(float(mse_a.double().mean())) - psnr_from_mse(float(mse_b.double().mean()))
+    return {"difference_db": point, "ci95_db": interval(difference, level)}
+
+
 def ssim(reference: torch.Tensor, approximation: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean SSIM (11x11 Gaussian window, sigma 1.5) of (B, C, H, W) images (torchmetrics)."""
     from torchmetrics.functional.image import structural_similarity_index_measure

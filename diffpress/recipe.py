@@ -50,6 +50,11 @@ class Rounding(str, enum.Enum):
     GPTQ = "gptq"  # column by column with inverse-Hessian error compensation (GPTQ)
 
 
+class Rotation(str, enum.Enum):
+    NONE = "none"
+    HADAMARD = "hadamard"  # randomized block Hadamard on the input channels (compression.rotation)
+
+
 def _parse_enum(enum_type, value, field_name: str):
     try:
         return enum_type(value)
@@ -74,7 +79,9 @@ class QuantSpec:
     to it) and `gptq_act_order` (columns in order of decreasing input energy)),
     split_shortcuts (separate activation scales for the two halves of a concatenated input,
     Q-Diffusion), bos_aware (layers reading the text encoder's output keep the prompt-independent
-    first token's output in high precision, MixDQ).
+    first token's output in high precision, MixDQ). rotation: "hadamard" rotates the input channels
+    (randomized block Hadamard, folded into the weight, applied to the activation at run time after
+    smoothing; `compression.rotation`), "none" by default.
     """
 
     weight_format: QuantFormat
@@ -91,11 +98,13 @@ class QuantSpec:
     gptq_damping: float = 0.01
     gptq_act_order: bool = True
     act_group_size: int | None = None
+    rotation: Rotation = Rotation.NONE
 
     def __post_init__(self) -> None:
         for name, enum_type in (("weight_format", QuantFormat), ("granularity", Granularity),
                                 ("scale_method", ScaleMethod), ("act_format", QuantFormat),
-                                ("act_mode", ActMode), ("rounding", Rounding)):
+                                ("act_mode", ActMode), ("rounding", Rounding),
+                                ("rotation", Rotation)):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _parse_enum(enum_type, getattr(self, name), name))
         if self.act_format is not None:
@@ -147,6 +156,9 @@ class QuantSpec:
             raise InputError(f"gptq_damping must be a number in (0, 1], got {damping!r}", "gptq_damping")
         if not isinstance(self.gptq_act_order, bool):
             raise InputError(f"gptq_act_order must be true or false, got {self.gptq_act_order!r}", "gptq_act_order")
+        if self.rotation is not Rotation.NONE and self.act_mode is ActMode.STATIC:
+            raise InputError("rotation needs dynamic activation scales (calibrated per-channel maxima do not survive "
+                             "a rotation); use act_mode dynamic", "rotation")
 
     @property
     def needs_calibration(self) -> bool:
@@ -154,10 +166,11 @@ class QuantSpec:
                 or self.act_mode is ActMode.STATIC or self.split_shortcuts or self.bos_aware)
 
     def to_dict(self) -> dict:
-        """The fields as JSON; the GPTQ options only when the rounding is GPTQ."""
+        """The fields as JSON; the GPTQ options only when the rounding is GPTQ, act_group_size and rotation
+        only when set (so plans written before they existed read back the same)."""
         return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(self).items()
                 if (self.rounding is Rounding.GPTQ or not k.startswith("gptq_"))
-                and (k != "act_group_size" or v is not None)}
+                and (k != "act_group_size" or v is not None) and (k != "rotation" or v is not Rotation.NONE)}
 
     def describe(self) -> str:
         group = f"/g{self.group_size}" if self.group_size else ""
@@ -165,6 +178,7 @@ class QuantSpec:
         act = f"{self.act_format.value}{act_group}/{self.act_mode.value}" if self.act_format else "a16"
         methods = [self.scale_method.value]
         methods += [f"smooth={self.smoothing}"] if self.smoothing is not None else []
+        methods += ["rotation"] if self.rotation is not Rotation.NONE else []
         methods += [f"lowrank={self.low_rank}"] if self.low_rank else []
         methods += ["learned-rounding"] if self.rounding is Rounding.LEARNED else []
         methods += ["block-reconstruction"] if self.rounding is Rounding.BLOCK else []
@@ -188,7 +202,7 @@ def _named(value, allowed: set[str], where: str) -> None:
 
 SPEC_KEYS = {"weight_format", "granularity", "group_size", "act_format", "scale_method", "act_mode", "smoothing",
              "low_rank", "rounding", "split_shortcuts", "bos_aware", "gptq_damping", "gptq_act_order",
-             "act_group_size"}
+             "act_group_size", "rotation"}
 SKIP = "skip"
 
 

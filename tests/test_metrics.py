@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from diffpress.metrics import feature_statistics, frechet_distance, psnr_db, sqnr_db, ssim
+from diffpress.metrics import (feature_statistics, frechet_distance, paired_psnr_difference, per_sample_mse, psnr_db,
+                               psnr_from_mse, psnr_interval, sqnr_db, ssim)
 
 
 def test_sqnr_known_value_and_identity():
@@ -31,3 +32,28 @@ def test_frechet_distance_of_a_sample_with_itself_is_zero():
     assert abs(frechet_distance(mean, cov, mean, cov)) < 1e-9
     shifted_mean, shifted_cov = feature_statistics(features + 1)
     assert abs(frechet_distance(mean, cov, shifted_mean, shifted_cov) - 8.0) < 1e-6
+
+
+def test_psnr_interval_brackets_the_batch_psnr_and_narrows_with_more_samples():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(400, 1, 8, 8, generator=generator)
+    noisy = (reference + 0.05 * torch.randn(reference.shape, generator=generator) * torch.rand(400, 1, 1, 1,
+                                                                                               generator=generator))
+    mse = per_sample_mse(reference, noisy)
+    assert abs(psnr_from_mse(float(mse.mean())) - psnr_db(reference, noisy)) < 1e-3
+    low, high = psnr_interval(mse)
+    assert low < psnr_db(reference, noisy) < high
+    small_low, small_high = psnr_interval(mse[:25])
+    assert small_high - small_low > 2 * (high - low)  # ~sqrt(16) = 4x wider on 16x fewer samples
+
+
+def test_paired_difference_sees_a_consistent_gain_that_unpaired_intervals_hide():
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(200, generator=generator).square() * 1e-3  # per-sample MSE varies a lot between samples
+    better = base * 0.9  # 10% less error on every sample: +0.46 dB
+    paired = paired_psnr_difference(better, base)
+    assert abs(paired["difference_db"] - 10 * math.log10(1 / 0.9)) < 1e-6
+    assert paired["ci95_db"][0] > 0.4  # paired: certain
+    low_better, _ = psnr_interval(better)
+    _, high_base = psnr_interval(base)
+    assert low_better < high_base  # unpaired intervals overlap

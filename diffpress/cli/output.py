@@ -71,6 +71,9 @@ def print_eval(result, grid) -> None:
     print(f"{'':<22}{'reference':>14}{'compressed':>14}")
     for label, key, fmt in rows:
         print(f"{label:<22}{cell(reference, key, fmt):>14}{cell(compressed, key, fmt):>14}")
+    if compressed is not None and compressed.psnr_ci95_db is not None:
+        low, high = compressed.psnr_ci95_db
+        print(f"PSNR 95% interval over the {len(compressed.sample_mse)} samples (bootstrap): {low:.2f} - {high:.2f} dB")
     if grid is not None and compressed is not None:
         print(f"grid (top: reference, bottom: compressed): {result.save_grid(grid)}")
 

@@ -28,6 +28,7 @@ from ..kernels import reference
 from ..kernels.layout import PackedWeight
 from ..recipe import QuantSpec
 from .layer_inputs import replay
+from .rotation import transformed_input
 from .rounding import RoundingVariables, beta_schedule
 from .surgery import swapped
 
@@ -43,6 +44,7 @@ class PreparedLayer:
     factors: torch.Tensor | None  # smoothing divisor per input channel
     low_rank: tuple[torch.Tensor, torch.Tensor] | None  # (down, up)
     act_split: int | None = None
+    rotation: torch.Tensor | None = None  # signs of the input rotation (compression.rotation)
 
 
 def find_blocks(denoiser: nn.Module, layers: list[str]) -> dict[str, list[str]]:
@@ -68,8 +70,10 @@ class _SoftQuantized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, module = self.prepared, self.prepared.module
         is_conv = isinstance(module, nn.Conv2d)
-        x_smooth, x_quantized = reference.prepare_activation(x, p.spec.act_format, None, p.factors,
-                                                             channel_dim=1 if is_conv else -1, act_split=p.act_split,
+        channel_dim = 1 if is_conv else -1
+        x = transformed_input(x, p.factors, p.rotation, channel_dim)
+        x_smooth, x_quantized = reference.prepare_activation(x, p.spec.act_format, None, None,
+                                                             channel_dim=channel_dim, act_split=p.act_split,
                                                              act_group_size=p.spec.act_group_size)
         x_quantized = x_smooth + (x_quantized - x_smooth).detach()  # straight-through activation rounding
         weight = self.rounding.soft_weight()

@@ -2,7 +2,9 @@
 
 Buffers: `qdata` and `scales` (the packed weight) always, and `zero_points` for an asymmetric weight
 format (uint4); optional, per the layer's methods:
-`smooth` (per-input-channel divisor, SmoothQuant), `lora_down`/`lora_up` (the high-precision
+`smooth` (per-input-channel divisor, SmoothQuant), `rotation` (int8 signs (blocks, block) of a randomized
+block-Hadamard rotation of the input channels, applied to the smoothed input before the op: see
+`compression.rotation`), `lora_down`/`lora_up` (the high-precision
 low-rank branch, SVDQuant), `act_scales` (one static activation scale per timestep bucket; two per
 bucket with shortcut splitting), `bos_out` (the float output for a prompt-independent first text
 token, MixDQ's BOS-aware quantization: replaces the quantized output at sequence position 0).
@@ -21,13 +23,14 @@ from ..kernels import ops  # noqa: F401  (registers torch.ops.diffpress.*)
 from ..kernels.dispatch import Backend, parse_backend, resolve_backend
 from ..formats import spec_of
 from ..kernels.layout import ZERO_POINT_DTYPE, PackedWeight, qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
-from ..recipe import ActMode, QuantSpec
+from ..recipe import ActMode, QuantSpec, Rotation
 from .quantize import quantize_weight
+from .rotation import layer_signs, rotate_flat, transformed_input
 
-OPTIONAL_BUFFERS = ("smooth", "lora_down", "lora_up", "act_scales", "bos_out")
+OPTIONAL_BUFFERS = ("smooth", "rotation", "lora_down", "lora_up", "act_scales", "bos_out")
 # What defines the quantization: moved between devices, never cast to another dtype (a dtype cast of
 # the model changes the compute dtype: biases, the low-rank branch and the BOS output follow it).
-QUANTIZATION_BUFFERS = ("qdata", "scales", "zero_points", "smooth", "act_scales")
+QUANTIZATION_BUFFERS = ("qdata", "scales", "zero_points", "smooth", "rotation", "act_scales")
 
 
 class _QuantWeightMixin:
@@ -56,10 +59,16 @@ class _QuantWeightMixin:
 
     @classmethod
     def from_float(cls, module: nn.Module, spec: QuantSpec):
-        """Quantize `module` (an nn.Linear or nn.Conv2d) with `spec`, nearest rounding."""
+        """Quantize `module` (an nn.Linear or nn.Conv2d) with `spec`, nearest rounding (after the rotation when
+        the spec has one)."""
         flat = module.weight.detach().reshape(module.weight.shape[0], -1)
+        signs = layer_signs(module) if spec.rotation is not Rotation.NONE else None
+        if signs is not None:
+            flat = rotate_flat(flat, signs, flat.shape[1] // signs.numel())
         packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
-        return cls.from_packed(module, spec, packed)
+        quantized = cls.from_packed(module, spec, packed)
+        quantized.set_optional("rotation", signs)
+        return quantized
 
     @classmethod
     def from_packed(cls, module: nn.Module, spec: QuantSpec, packed: PackedWeight):
@@ -134,10 +143,17 @@ class _QuantWeightMixin:
         except DiffpressError as error:
             self.backend, self.backend_error = None, str(error)
 
-    def _op_args(self) -> tuple:
+    def _op_input(self, x: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the op's input, the smoothing divisor the op still applies): with a rotation the smoothed, rotated
+        input in x's dtype and no divisor; without, x and the divisor."""
+        if self.rotation is None:
+            return x, self.smooth
+        return transformed_input(x, self.smooth, self.rotation, channel_dim).to(x.dtype), None
+
+    def _op_args(self, smooth: torch.Tensor | None) -> tuple:
         """The tensors and plain values every diffpress custom op takes after x."""
         s = self.spec
-        return (self.qdata, self.scales, self.zero_points, self.bias, self.smooth, self.lora_down, self.lora_up, self._act_scale(),
+        return (self.qdata, self.scales, self.zero_points, self.bias, smooth, self.lora_down, self.lora_up, self._act_scale(),
                 s.weight_format.value, s.granularity.value, s.group_size or 0)
 
     def _resolved_backend(self) -> str:
@@ -166,7 +182,8 @@ class QuantLinear(_QuantWeightMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.spec.act_format.value if self.spec.act_format else ""
-        y = torch.ops.diffpress.quantized_linear(x, *self._op_args(), self.weight_shape[1], act,
+        x, smooth = self._op_input(x, -1)
+        y = torch.ops.diffpress.quantized_linear(x, *self._op_args(smooth), self.weight_shape[1], act,
                                                  self.spec.act_group_size or 0, self._resolved_backend())
         return self._with_bos_output(y)
 
@@ -210,7 +227,8 @@ class QuantConv2d(_QuantWeightMixin, nn.Module):
         act = self.spec.act_format.value if self.spec.act_format else ""
         padding = (0, 0) if isinstance(self.padding, str) else self.padding
         padding_name = self.padding if isinstance(self.padding, str) else ""
-        return torch.ops.diffpress.quantized_conv2d(x, *self._op_args(), list(self.kernel_shape), list(self.stride),
+        x, smooth = self._op_input(x, 1)
+        return torch.ops.diffpress.quantized_conv2d(x, *self._op_args(smooth), list(self.kernel_shape), list(self.stride),
                                                     list(padding), padding_name, list(self.dilation), self.groups,
                                                     act, self.spec.act_group_size or 0, self.act_split or 0,
                                                     self._resolved_backend())

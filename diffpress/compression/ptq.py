@@ -23,7 +23,7 @@ from ..formats import spec_of
 from ..numerics import check_weights
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
-from ..recipe import ActMode, QuantSpec, Recipe, Rounding
+from ..recipe import ActMode, QuantSpec, Recipe, Rotation, Rounding
 from .block_reconstruction import PreparedLayer, reconstruct_blocks
 from .gptq import gptq_rounding
 from .input_sources import find_concat_splits, find_constant_first_tokens
@@ -31,6 +31,7 @@ from .layer_inputs import LayerInputs, capture_layer_inputs
 from .layer_records import layer_record, restore_layer
 from .low_rank import split_low_rank
 from .quantize import quantize_weight
+from .rotation import layer_signs, rotate_flat
 from .rounding import learn_rounding
 from .smoothing import DEFAULT_ALPHAS, smoothed_weight, smoothing_factors, supports_smoothing, weight_channel_absmax
 from .surgery import compressed_module, compressible_layers, replace_module
@@ -141,10 +142,10 @@ def _put_ready(denoiser: nn.Module, fqn: str, quantized: nn.Module, plan: QuantS
 
 
 def _usable_plan(plan: QuantSpec, module: nn.Module) -> QuantSpec:
-    """Drop methods a layer's shape cannot take (grouped convs: no smoothing or low-rank branch)."""
+    """Drop methods a layer's shape cannot take (grouped convs: no smoothing, rotation or low-rank branch)."""
     if supports_smoothing(module):
         return plan
-    return replace(plan, smoothing=None, low_rank=0)
+    return replace(plan, smoothing=None, low_rank=0, rotation=Rotation.NONE)
 
 
 def _needs_inputs(plans) -> set[str]:
@@ -177,16 +178,38 @@ def quantize_layer(context: LayerContext, rounding_iterations: int = 300) -> nn.
 
 
 def prepare_layer(context: LayerContext) -> PreparedLayer:
-    """Smoothing, the low-rank split and the scales with nearest rounding: everything before rounding."""
+    """Smoothing, the rotation, the low-rank split and the scales with nearest rounding: everything before
+    rounding."""
     spec, module = context.spec, context.module
-    factors = _smoothing(context) if spec.smoothing is not None else None
-    weight = smoothed_weight(module, factors) if factors is not None else _flat_weight(module)
+    signs = _signs(context)
+    factors = _smoothing(context, signs) if spec.smoothing is not None else None
+    weight = _transformed_weight(module, factors, signs)
     low_rank = split_low_rank(weight, spec.low_rank) if spec.low_rank else None
     if low_rank is not None:
         weight = low_rank[2]
     nearest = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
     down_up = (low_rank[0], low_rank[1]) if low_rank is not None else None
-    return PreparedLayer(module, spec, weight, nearest, factors, down_up, context.act_split)
+    return PreparedLayer(module, spec, weight, nearest, factors, down_up, context.act_split, signs)
+
+
+def _signs(context: LayerContext) -> torch.Tensor | None:
+    if context.spec.rotation is Rotation.NONE:
+        return None
+    return layer_signs(context.module, context.act_split)
+
+
+def _transformed_weight(module: nn.Module, factors: torch.Tensor | None, signs: torch.Tensor | None) -> torch.Tensor:
+    """The flattened (N, K) float32 weight the quantizer sees: columns times the smoothing factors, rotated."""
+    weight = smoothed_weight(module, factors) if factors is not None else _flat_weight(module)
+    return rotate_flat(weight, signs, _patch_size(module)) if signs is not None else weight
+
+
+def _transformed_rows(module: nn.Module, rows: torch.Tensor, factors: torch.Tensor | None,
+                      signs: torch.Tensor | None) -> torch.Tensor:
+    """Captured input rows as the quantizer sees them: divided by the smoothing factors, rotated."""
+    if factors is not None:
+        rows = rows / _row_factors(module, factors)
+    return rotate_flat(rows, signs, _patch_size(module)) if signs is not None else rows
 
 
 def finish_layer(context: LayerContext, prepared: PreparedLayer, block_packed: PackedWeight | None,
@@ -197,6 +220,7 @@ def finish_layer(context: LayerContext, prepared: PreparedLayer, block_packed: P
     quantized = compressed_module(module, spec, packed)
     quantized.act_split = context.act_split
     quantized.set_optional("smooth", factors)
+    quantized.set_optional("rotation", prepared.rotation)
     if context.first_token is not None:
         quantized.set_optional("bos_out", _float_output(module, context.first_token))
     if low_rank is not None:
@@ -221,27 +245,27 @@ def _act_absmax(context: LayerContext) -> torch.Tensor:
     return context.calibration.merged_over_buckets(context.fqn).channel_absmax
 
 
-def _smoothing(context: LayerContext) -> torch.Tensor:
+def _smoothing(context: LayerContext, signs: torch.Tensor | None = None) -> torch.Tensor:
     act_absmax, weight_absmax = _act_absmax(context), weight_channel_absmax(context.module)
     if context.spec.smoothing != "auto":
         return smoothing_factors(act_absmax, weight_absmax, float(context.spec.smoothing))
     best, best_error = None, float("inf")
     for alpha in DEFAULT_ALPHAS:
         factors = smoothing_factors(act_absmax, weight_absmax, alpha)
-        error = _output_error(context, factors)
+        error = _output_error(context, factors, signs)
         if error < best_error:
             best, best_error = factors, error
     return best
 
 
-def _output_error(context: LayerContext, factors: torch.Tensor) -> float:
-    """Relative output error of the layer quantized with these smoothing factors (nearest rounding)."""
+def _output_error(context: LayerContext, factors: torch.Tensor, signs: torch.Tensor | None = None) -> float:
+    """Relative output error of the layer quantized with these smoothing factors (and the rotation; nearest
+    rounding)."""
     spec, module, rows = context.spec, context.module, context.inputs.rows
-    weight = smoothed_weight(module, factors)
+    weight = _transformed_weight(module, factors, signs)
     packed = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
-    row_factors = _row_factors(module, factors)
-    y = reference.quantized_linear(rows, packed, None, spec.act_format, None, row_factors,
-                                   act_group_size=spec.act_group_size)
+    y = reference.quantized_linear(_transformed_rows(module, rows, factors, signs), packed, None, spec.act_format,
+                                   None, None, act_group_size=spec.act_group_size)
     target = rows @ _flat_weight(module).T
     return float((y - target).square().sum() / target.square().sum().clamp_min(1e-20))
 
@@ -261,10 +285,9 @@ def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations
     spec, nearest, weight, factors = context.spec, prepared.nearest, prepared.weight, prepared.factors
     if spec.rounding is Rounding.NEAREST:
         return nearest
-    rows = context.inputs.rows
-    row_factors = _row_factors(context.module, factors) if factors is not None else None
+    rows = _transformed_rows(context.module, context.inputs.rows, factors, prepared.rotation)
     row_split = context.act_split * _patch_size(context.module) if context.act_split else None
-    smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, row_factors, act_split=row_split,
+    smoothed, quantized = reference.prepare_activation(rows, spec.act_format, None, None, act_split=row_split,
                                                        act_group_size=spec.act_group_size)
     if spec.rounding is Rounding.GPTQ:
         return gptq_rounding(weight, nearest.scales, nearest, quantized, spec.gptq_damping, spec.gptq_act_order)
