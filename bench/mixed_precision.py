@@ -13,9 +13,13 @@ What `diffpress compress --preset mixed` does, step by step, with every number k
   SQNR on 2 reservoir calls per bucket, and the image metric (16 samples x the sampler steps) for every layer;
 - allocation by integer program at average weight bits 4, 4.5, 5, 6, 8 (weights 4 or 8 bits,
   8-bit INT activations everywhere), costed by the image metric; one more 5-bit allocation costed by
-  the output metric alone, for comparison;
+  the output metric alone, for comparison; and the 5-bit allocation `compress --preset mixed` keeps: the
+  allocations of the image metric, the output metric and their geometric mean measured whole on 16 held-out
+  samples (seed 1) and the best taken (`compression.selection`);
 - each allocation assembled from the measured modules (`quantize_model(..., ready=...)`) and sampled
-  with the eval harness (same labels or prompts, seeds and noise as `diffpress eval`, and its guidance).
+  with the eval harness (same labels or prompts, seeds and noise as `diffpress eval`, and its guidance), at
+  seeds 0 and 1, each PSNR with its bootstrap 95% interval over the samples and each row's paired difference
+  to uniform w8a8-int8 (the same samples resampled together) with its interval.
 Uniform rows: each candidate, and the w8a8-int8 preset (round-to-nearest INT8, no calibration) that
 the acceptance target names. Weight bytes: qdata + scales of the 72 allocated layers (skip-listed
 layers, biases, norms and method buffers are not counted).
@@ -29,6 +33,7 @@ import math
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -36,16 +41,18 @@ import torch
 
 from diffpress.calibration import calibrate
 from diffpress.checkpoint import load_pipeline
+from diffpress.compression import selection
 from diffpress.compression.allocate import Allocation, allocate, choices_from_report, uniform_allocation
 from diffpress.compression.ptq import quantize_model
 from diffpress.compression.sensitivity.image_metric import pipeline_image_probe
 from diffpress.compression.sensitivity.measure import SensitivityOptions, measure_sensitivity
 from diffpress.compression.sensitivity.report import SensitivityReport
 from diffpress.compression.sensitivity.variants import LayerVariants
-from diffpress.metrics import stored_bytes
+from diffpress.metrics import paired_psnr_difference, stored_bytes
 from diffpress.plan import Budget
 from diffpress.evaluation import EvalSettings, _labels_and_noise, _sample, _side
 from diffpress.presets import preset
+from diffpress.stages import VALIDATION_SEED
 from diffpress.recipe import Recipe, Rule
 from diffpress.zoo import BUILTINS
 from diffpress.zoo.digits import load_eval_kit
@@ -71,16 +78,23 @@ def quantized_weight_bytes(denoiser, layers) -> int:
 class Runner:
     """Assemble + sample each distinct allocation once (uniform w4a8-int == mixed at 4 bits)."""
 
-    def __init__(self, pipe, calibration, settings, variants: LayerVariants, model_dir) -> None:
+    def __init__(self, pipe, calibration, settings, variants: LayerVariants, model_dir,
+                 extra_seeds: tuple[int, ...] = (1,)) -> None:
         self.component = "unet" if hasattr(pipe, "unet") else "transformer"
         self.pipe, self.calibration, self.variants = pipe, calibration, variants
         self.float_denoiser = getattr(pipe, self.component)
         self.settings = settings
         self.classifier, self.real = load_eval_kit(model_dir)
-        self.labels, self.noise = _labels_and_noise(settings)
-        self.reference_images, seconds = _sample(pipe, self.labels, self.noise, settings, False)
-        self.reference = _side(None, self.reference_images, self.labels, self.classifier, self.real, pipe, seconds)
+        self.seeds = {}  # seed -> (settings, labels, noise, reference images)
+        for seed in (settings.seed, *extra_seeds):
+            seeded = replace(settings, seed=seed)
+            labels, noise = _labels_and_noise(seeded)
+            images, seconds = _sample(pipe, labels, noise, seeded, False)
+            self.seeds[seed] = (seeded, labels, noise, images)
+            if seed == settings.seed:
+                self.reference = _side(None, images, labels, self.classifier, self.real, pipe, seconds)
         self.cache: dict[tuple, dict] = {}
+        self.errors: dict[str, dict[int, torch.Tensor]] = {}  # row kind/bits -> seed -> per-sample MSE
 
     def measure(self, allocation: Allocation) -> dict:
         key = tuple(sorted(allocation.choice.items()))
@@ -89,9 +103,17 @@ class Runner:
                                         allocation.choice)
         return self.cache[key]
 
+    def sample_mse(self, row: dict) -> dict:
+        """The per-sample errors of a measured row (by its allocation, or the preset row's)."""
+        if isinstance(row["choice"], dict):
+            return self.cache[tuple(sorted(row["choice"].items()))]["sample_mse"]
+        return self.preset_errors
+
     def measure_preset(self, name: str, layers) -> dict:
         recipe = Recipe(default=None, rules=tuple(Rule(fqn, preset(name)) for fqn in layers))
-        return self._run(recipe, None, layers)
+        measured = self._run(recipe, None, layers)
+        self.preset_errors = measured["sample_mse"]
+        return measured
 
     def _run(self, recipe: Recipe, ready, layers) -> dict:
         quantized = copy.deepcopy(self.float_denoiser)
@@ -99,14 +121,22 @@ class Runner:
         started = time.perf_counter()
         quantize_model(quantized, recipe, self.calibration, ready=ready)
         quantize_seconds = time.perf_counter() - started
-        images, seconds = _sample(self.pipe, self.labels, self.noise, self.settings, False)
-        side = _side(self.reference_images, images, self.labels, self.classifier, self.real, self.pipe, seconds)
+        sides = {}
+        for seed, (seeded, labels, noise, reference) in self.seeds.items():
+            images, seconds = _sample(self.pipe, labels, noise, seeded, False)
+            sides[seed] = _side(reference, images, labels, self.classifier, self.real, self.pipe, seconds)
         weight_bytes = quantized_weight_bytes(quantized, layers)
         setattr(self.pipe, self.component, self.float_denoiser)
-        return {**side.to_dict(), "quantized_weight_bytes": weight_bytes, "quantize_seconds": round(quantize_seconds, 1)}
+        side = sides[self.settings.seed]
+        return {**side.to_dict(), "quantized_weight_bytes": weight_bytes, "quantize_seconds": round(quantize_seconds, 1),
+                "by_seed": [{"seed": seed, "psnr_db": round(s.psnr_db, 3), "psnr_ci95_db": s.psnr_ci95_db}
+                            for seed, s in sides.items()],
+                "sample_mse": {seed: s.sample_mse for seed, s in sides.items()}}
 
 
 def row(kind: str, allocation: Allocation, measured: dict) -> dict:
+    measured = dict(measured)
+    measured.pop("sample_mse", None)
     return {"kind": kind, "avg_bits": round(allocation.avg_bits, 4), "counts": allocation.counts,
             "predicted_image_snr_db": round(-10 * math.log10(max(allocation.objective, 1e-30)), 2),
             "solve_seconds": round(allocation.solve_seconds, 3), **measured, "choice": allocation.choice}
@@ -119,7 +149,7 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
     import matplotlib.pyplot as plt
 
     mixed = sorted((r for r in rows if r["kind"] == "mixed"), key=lambda r: r["avg_bits"])
-    uniform = [r for r in rows if r["kind"] not in ("mixed", "mixed-output-metric")]
+    uniform = [r for r in rows if r["kind"] not in ("mixed", "mixed-output-metric", "mixed-selected")]
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     axis.plot([r["avg_bits"] for r in mixed], [r["psnr_db"] for r in mixed], "o-", label="mixed (ILP)")
     for r in uniform:
@@ -179,7 +209,8 @@ def main() -> None:
         rows.append(row(name, uniform_allocation(layers, name), runner.measure(uniform_allocation(layers, name))))
         _print(rows[-1])
     baseline = uniform_allocation(layers, CANDIDATES[1])
-    rows.append({**row(BASELINE, baseline, runner.measure_preset(BASELINE, list(baseline.choice))),
+    baseline_measured = runner.measure_preset(BASELINE, list(baseline.choice))
+    rows.append({**row(BASELINE, baseline, baseline_measured),
                  "counts": {BASELINE: len(baseline.choice)}, "predicted_image_snr_db": None,
                  "choice": "every layer " + BASELINE})
     _print(rows[-1])
@@ -188,6 +219,15 @@ def main() -> None:
         _print(rows[-1])
     rows.append(row("mixed-output-metric", output_allocation, runner.measure(output_allocation)))
     _print(rows[-1])
+    # what `compress --preset mixed` keeps: the contenders measured whole on held-out samples (seed 1)
+    validation_probe = pipeline_image_probe(pipe, items, IMAGE_SAMPLES, builtin.eval_steps, seed=VALIDATION_SEED)
+    chosen, picked = selection.select(denoiser, selection.contenders(report, Budget(avg_bits=5.0)), variants,
+                                      validation_probe, IMAGE_SAMPLES)
+    rows.append({**row("mixed-selected", chosen, runner.measure(chosen)), "selection": picked.to_dict()})
+    _print(rows[-1])
+    for r in rows:  # paired bootstrap over the same samples, per seed: the row against uniform w8a8-int8
+        r["vs_" + BASELINE] = [{"seed": seed, **paired_psnr_difference(mse, baseline_measured["sample_mse"][seed])}
+                               for seed, mse in runner.sample_mse(r).items()]
     write(args, rows, runner, deterministic, calibration_seconds, quantize_seconds, report, builtin)
 
 
@@ -206,7 +246,7 @@ def write(args, rows, runner, deterministic, calibration_seconds, quantize_secon
                          + (" --reuse-sensitivity" if args.reuse_sensitivity else ""), "threads": args.threads,
               "model": args.model, "candidates": list(CANDIDATES), "baseline": BASELINE, "methods": "full",
               "eval": {"num_samples": runner.settings.num_samples, "steps": runner.settings.steps,
-                       "seed": runner.settings.seed},
+                       "seed": runner.settings.seed, "seeds": list(runner.seeds)},
               "calibration": {"samples": 32, "steps": builtin.eval_steps, "buckets": 8, "reservoir_per_bucket": 4,
                               "seconds": round(calibration_seconds, 1)},
               "sensitivity": {"calls_per_bucket": 2, "image_layers": len(report.image),
@@ -215,7 +255,8 @@ def write(args, rows, runner, deterministic, calibration_seconds, quantize_secon
                               "output_seconds": report.info["output_seconds"],
                               "image_seconds": report.info["image_seconds"],
                               "file": f"mixed-precision-{builtin.name}-sensitivity.json"},
-              "bytes_counted": "qdata + scales of the allocated (quantized) layers",
+              "bytes_counted": "quantized_weight_bytes: qdata + scales of the allocated (quantized) layers; "
+                               "size_bytes: every tensor of the saved denoiser",
               "allocation_deterministic": deterministic, "reference": runner.reference.to_dict(),
               "curve_png": png.name, "rows": rows}
     (RESULTS / f"mixed-precision-{builtin.name}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -79,7 +79,9 @@ def main() -> None:
 
 def merged(saved: dict, new: dict) -> dict:
     """`saved` with the rows of `new` in place of theirs; the runs must share model, samples and reference."""
-    if (saved["model"], saved["steps"], saved["reference"]) != (new["model"], new["steps"], new["reference"]):
+    same = ("classifier_accuracy", "frechet_distance", "size_bytes")  # of the reference samples (not their seconds)
+    if (saved["model"], saved.get("steps"), [saved["reference"][k] for k in same]) != (
+            new["model"], new["steps"], [new["reference"][k] for k in same]):
         raise SystemExit("--merge: the saved results come from another model, step count or reference")
     replaced = {row["format"] for row in new["rows"]}
     saved["rows"] = [row for row in saved["rows"] if row["format"] not in replaced] + new["rows"]

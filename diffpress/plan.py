@@ -67,7 +67,10 @@ class MixedPrecision:
     costed by the final-image metric (None: all; 0: output metric only, no sampler needed).
     image_samples / image_steps: the image metric's samples and sampler steps (steps default: the
     calibration's). latency_table: JSON file candidate -> cost per weight element, or a kernel
-    benchmark result; with budget.max_latency it bounds the summed cost.
+    benchmark result; with budget.max_latency it bounds the summed cost. validation_samples: held-out
+    samples (other seeds than the image metric's) on which the allocations of three cost tables are
+    measured whole and the best kept (`compression.selection`); 0: take the image-metric allocation
+    unmeasured. Needs a sampler, as the image metric does.
     """
 
     budget: Budget
@@ -78,6 +81,7 @@ class MixedPrecision:
     image_samples: int = 16
     image_steps: int | None = None
     latency_table: str | None = None
+    validation_samples: int = 16
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, Budget):
@@ -90,6 +94,7 @@ class MixedPrecision:
         object.__setattr__(self, "methods", parse_methods(self.methods))
         require_int(self.calls_per_bucket, "calls_per_bucket", 1)
         require_int(self.image_samples, "image_samples", 1)
+        require_int(self.validation_samples, "validation_samples", 0)
         if self.image_layers is not None:
             require_int(self.image_layers, "image_layers", 0)
         if self.image_steps is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from .calibration import CalibrationOptions, CalibrationSet
+from .compression import selection
 from .compression.allocate import Allocation, allocate_report, load_latency_table
 from .compression.sensitivity.image_metric import ImageProbe
 from .compression.sensitivity.measure import SensitivityOptions, measure_sensitivity
@@ -77,9 +78,29 @@ def mixed_recipe(subject: Subject, calibration_set: CalibrationSet, mixed: Mixed
     probe = image_probe_for(subject, calibration, mixed.image_layers, mixed.image_samples, mixed.image_steps,
                             image_probe)
     measured = measure(subject.denoiser, calibration_set, options, probe)
-    allocation = allocate_report(measured.report, mixed.budget, latency_table=table)
+    allocation = _chosen_allocation(subject, calibration, mixed, measured, table, image_probe, progress)
     return MixedOutcome(allocation.to_recipe(mixed.methods), allocation,
                         measured.variants.full_modules(allocation.choice), measured.report)
+
+
+VALIDATION_SEED = 1  # the image metric's probe samples seed 0
+
+
+def _chosen_allocation(subject: Subject, calibration: CalibrationOptions, mixed: MixedPrecision, measured: Measured,
+                       table, given_probe: ImageProbe | None, progress: bool) -> Allocation:
+    """The image-metric allocation, or with validation samples the best of the contenders measured on held-out
+    samples (a probe given in Python is used as it is: its seeds are its own)."""
+    if not mixed.validation_samples or measured.probe is None:
+        return allocate_report(measured.report, mixed.budget, latency_table=table)
+    probe = given_probe or subject.image_probe(calibration, mixed.validation_samples,
+                                               mixed.image_steps or calibration.steps, VALIDATION_SEED)
+    allocations = selection.contenders(measured.report, mixed.budget, latency_table=table)
+    if len(allocations) == 1:
+        return allocations[selection.IMAGE_METRIC]
+    allocation, chosen = selection.select(subject.denoiser, allocations, measured.variants, probe,
+                                          mixed.validation_samples, progress)
+    allocation.selection = chosen.to_dict()
+    return allocation
 
 
 def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bool):

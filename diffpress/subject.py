@@ -103,13 +103,14 @@ class Subject:
                              "labels (--calib-labels), or a saved calibration set (--calibration FILE)", "prompts")
         return calibrate(pipe, items, options=options, progress=progress)
 
-    def image_probe(self, options: CalibrationOptions, samples: int, steps: int) -> ImageProbe | None:
-        """A probe sampling `samples` of the calibration items for `steps` steps (seed 0); None when the
-        subject has no pipeline or nothing to sample on."""
+    def image_probe(self, options: CalibrationOptions, samples: int, steps: int, seed: int = 0) -> ImageProbe | None:
+        """A probe sampling `samples` of the calibration items for `steps` steps (generator seed `seed`); None
+        when the subject has no pipeline or nothing to sample on."""
         items = self.items(options)
         if not self.has_pipeline or not items:
             return None
-        return pipeline_image_probe(self.pipeline("the image metric samples images"), list(items), samples, steps)
+        return pipeline_image_probe(self.pipeline("the image metric samples images"), list(items), samples, steps,
+                                    seed)
 
 
 def check_calibration_matches(denoiser: nn.Module, calibration: CalibrationSet) -> None:

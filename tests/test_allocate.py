@@ -178,7 +178,9 @@ def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "allocation: " in printed and "w8a8-int8" in printed
+    assert "allocation chosen by measurement on 16 held-out samples" in printed
     allocation = json.loads((out / "allocation.json").read_text())
+    assert allocation["selection"]["chosen"] in allocation["selection"]["psnr_db"]
     assert allocation["avg_bits"] <= 5 + 1e-9 and len(allocation["choice"]) == 72
     recipe = Plan.load(out / "recipe.yaml").recipe
     assert {rule.match for rule in recipe.rules} == set(allocation["choice"])
@@ -211,3 +213,43 @@ def test_latency_table_from_a_kernel_benchmark_result(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputError, match="not a readable JSON"):
         load_latency_table(tmp_path / "bad.json")
+
+
+def test_allocation_chosen_by_measurement_overrules_a_misleading_image_metric():
+    import copy
+
+    import torch
+    from torch import nn
+
+    from diffpress.compression import selection
+    from diffpress.compression.sensitivity.report import ImageScore, LayerInfo, SensitivityReport
+
+    torch.manual_seed(0)
+    denoiser = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    names = ("w4a8-int", "w8a8-int8")
+    # the image metric (few samples) calls layer 0 the sensitive one; the output metric, layer 1
+    image = {"0": {"w4a8-int": ImageScore(20.0, None, 1e-2), "w8a8-int8": ImageScore(40.0, None, 1e-4)},
+             "1": {"w4a8-int": ImageScore(30.0, None, 1e-3), "w8a8-int8": ImageScore(40.0, None, 1e-4)}}
+    output = {"0": {"w4a8-int": [30.0], "w8a8-int8": [50.0]}, "1": {"w4a8-int": [15.0], "w8a8-int8": [50.0]}}
+    report = SensitivityReport([LayerInfo("0", "Linear", (8, 8)), LayerInfo("1", "Linear", (8, 8))], list(names),
+                               [0], output, image)
+
+    class Variants:  # in truth layer 1 breaks at 4 bits, layer 0 barely moves
+        def module(self, fqn, name):
+            layer = copy.deepcopy(denoiser.get_submodule(fqn))
+            if name == "w4a8-int":
+                with torch.no_grad():
+                    layer.weight.mul_(0.0 if fqn == "1" else 0.99)
+            return layer
+
+    x = torch.randn(16, 8)
+    probe = lambda model: model(x)
+    allocations = selection.contenders(report, Budget(avg_bits=6))
+    assert allocations[selection.IMAGE_METRIC].choice == {"0": "w8a8-int8", "1": "w4a8-int"}
+    assert allocations[selection.OUTPUT_METRIC].choice == {"0": "w4a8-int", "1": "w8a8-int8"}
+    chosen, measured = selection.select(denoiser, allocations, Variants(), probe, 16)
+    assert measured.chosen == selection.OUTPUT_METRIC and chosen.choice["1"] == "w8a8-int8"
+    assert measured.scores[selection.OUTPUT_METRIC].relative_error < measured.scores[selection.IMAGE_METRIC].relative_error
+    assert set(measured.same_as) | set(measured.scores) == set(allocations)  # every contender measured or matched
+    assert torch.equal(denoiser(x), probe(denoiser))  # the float modules are back
+    assert chosen.avg_bits <= 6 + 1e-9

@@ -228,6 +228,11 @@ def add_budget(parser) -> None:
                             "result (bench/results/kernels-<gpu>.json: ms per weight element over its shapes)")
     add_measurement(group, MixedPrecision)
     add_image_metric(group)
+    group.add_argument("--validation-samples", type=integer(0), default=default_of(MixedPrecision, "validation_samples"),
+                       metavar="N", help="held-out samples (other seeds) on which the allocations of the image metric, "
+                                         "the output metric and their geometric mean are measured whole, the best "
+                                         f"kept (default {default_of(MixedPrecision, 'validation_samples')}; 0: take "
+                                         "the image-metric allocation unmeasured)")
 
 
 def plan_of(args):
@@ -242,7 +247,7 @@ def plan_of(args):
         raise InputError("--preset mixed needs a budget: --avg-bits B or --max-bytes N", "avg_bits")
     return MixedPrecision(Budget(args.avg_bits, args.max_bytes, args.max_latency), tuple(args.candidates),
                           SensitivityMethods(args.methods), args.calls_per_bucket, args.image_layers,
-                          args.image_samples, args.image_steps, args.latency_table)
+                          args.image_samples, args.image_steps, args.latency_table, args.validation_samples)
 
 
 def sensitivity_options(args, progress: bool) -> SensitivityOptions:

@@ -15,6 +15,13 @@ def print_compression(result, plan_label: str) -> None:
         a = result.allocation
         print(f"allocation: {a.avg_bits:.3f} average weight bits, {a.total_bytes} bytes of codes + scales; "
               + ", ".join(f"{name}: {count} layers" for name, count in sorted(a.counts.items())))
+        if a.selection is not None:
+            chosen = a.selection
+            scores = ", ".join(f"{name} {psnr:.2f} dB" if psnr is not None else f"{name} non-finite"
+                               for name, psnr in chosen["psnr_db"].items())
+            same = "".join(f"; {name} = {other}" for name, other in chosen["same_as"].items())
+            print(f"allocation chosen by measurement on {chosen['held_out_samples']} held-out samples: "
+                  f"{chosen['chosen']} ({scores}{same})")
     print(f"{result.model_class}: {plan_label}: quantized {len(result.report.quantized)} layers, "
           f"skipped {len(result.report.skipped)}")
     for fqn, reason in result.report.skipped.items():

@@ -58,6 +58,7 @@ class Allocation:
     solve_seconds: float
     counts: dict[str, int] = field(default_factory=dict)
     proven: bool = True  # False: CBC hit its time limit; the choice is the best found, not proven within `gap`
+    selection: dict | None = None  # when chosen among contenders by measurement (compression.selection)
 
     def to_recipe(self, methods: SensitivityMethods = SensitivityMethods.FULL) -> Recipe:
         """A recipe with one exact-name rule per layer (bf16: `skip`); other layers stay high precision.
@@ -78,7 +79,8 @@ class Allocation:
         return {"choice": self.choice, "avg_bits": self.avg_bits, "total_bytes": self.total_bytes,
                 "latency": self.latency, "objective": self.objective, "counts": self.counts, "proven": self.proven,
                 "budget": {k: v for k, v in vars(self.budget).items() if v is not None},
-                "solve_seconds": round(self.solve_seconds, 3)}
+                "solve_seconds": round(self.solve_seconds, 3),
+                **({"selection": self.selection} if self.selection is not None else {})}
 
 
 # ------------------------------------------------------------------------------------ cost table

@@ -51,9 +51,13 @@ def _store(scales: torch.Tensor, granularity: Granularity) -> torch.Tensor:
 
 def choose_scales(weight: torch.Tensor, fmt: QuantFormat, granularity: Granularity,
                   group_size: int | None = None, method: ScaleMethod = ScaleMethod.ABSMAX,
-                  clip_ratios: tuple[float, ...] = DEFAULT_CLIP_RATIOS) -> torch.Tensor:
+                  clip_ratios: tuple[float, ...] = DEFAULT_CLIP_RATIOS,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
     """Per-unit scales for an (N, K) weight, in storage dtype, shaped as the layout wants them (symmetric
-    formats; see `choose_asymmetric` for uint4)."""
+    formats; see `choose_asymmetric` for uint4). importance: (K,) weights of the squared error per input
+    column in the clipping search (the input's mean square per channel: the error of the layer's output
+    rather than of its weight); None weighs every element alike."""
+    fmt, granularity = QuantFormat(fmt), Granularity(granularity)
     check_granularity(fmt, granularity, group_size)
     units = _as_units(weight.float(), granularity, group_size)
     absmax = units.abs().amax(dim=1, keepdim=True)
@@ -62,17 +66,24 @@ def choose_scales(weight: torch.Tensor, fmt: QuantFormat, granularity: Granulari
     if ScaleMethod(method) is ScaleMethod.ABSMAX:
         best = _store(absmax / qmax, granularity).float()
     else:
-        best = _search_clipping(units, absmax / qmax, fmt, granularity, clip_ratios)
+        weights = None if importance is None else _as_units(
+            importance.float().reshape(1, -1).expand(weight.shape[0], -1), granularity, group_size)
+        best = _search_clipping(units, absmax / qmax, fmt, granularity, clip_ratios, weights)
     return _reshape_scales(best, granularity, weight.shape).to(scale_dtype_for(granularity))
 
 
 def _search_clipping(units: torch.Tensor, base_scales: torch.Tensor, fmt: QuantFormat,
-                     granularity: Granularity, clip_ratios: tuple[float, ...]) -> torch.Tensor:
+                     granularity: Granularity, clip_ratios: tuple[float, ...],
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+    def error_of(scales):
+        squared = (_roundtrip(units, scales, fmt) - units).square()
+        return (squared if weights is None else squared * weights).sum(dim=1, keepdim=True)
+
     best_scales = _store(base_scales, granularity).float()
-    best_error = (_roundtrip(units, best_scales, fmt) - units).square().sum(dim=1, keepdim=True)
+    best_error = error_of(best_scales)
     for ratio in clip_ratios:
         scales = _store(base_scales * ratio, granularity).float()
-        error = (_roundtrip(units, scales, fmt) - units).square().sum(dim=1, keepdim=True)
+        error = error_of(scales)
         better = error < best_error
         best_scales = torch.where(better, scales, best_scales)
         best_error = torch.where(better, error, best_error)
@@ -85,6 +96,7 @@ def choose_asymmetric(weight: torch.Tensor, fmt: QuantFormat, granularity: Granu
     """(scales, zero points) per unit of an (N, K) weight for an asymmetric format, shaped as the layout
     wants them: the unit's [min, max] (with 0 inside) mapped onto codes 0..qmax, shrunk by the clipping
     ratio with the smallest squared error when `method` is mse."""
+    fmt, granularity = QuantFormat(fmt), Granularity(granularity)
     check_granularity(fmt, granularity, group_size)
     units = _as_units(weight.float(), granularity, group_size)
     low, high = units.amin(dim=1, keepdim=True).clamp_max(0), units.amax(dim=1, keepdim=True).clamp_min(0)
