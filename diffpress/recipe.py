@@ -53,6 +53,7 @@ class Rounding(str, enum.Enum):
 class Rotation(str, enum.Enum):
     NONE = "none"
     HADAMARD = "hadamard"  # randomized block Hadamard on the input channels (compression.rotation)
+    AUTO = "auto"  # per layer: rotated where that lowers the layer's output error on calibration inputs
 
 
 def _parse_enum(enum_type, value, field_name: str):
@@ -81,7 +82,8 @@ class QuantSpec:
     Q-Diffusion), bos_aware (layers reading the text encoder's output keep the prompt-independent
     first token's output in high precision, MixDQ). rotation: "hadamard" rotates the input channels
     (randomized block Hadamard, folded into the weight, applied to the activation at run time after
-    smoothing; `compression.rotation`), "none" by default.
+    smoothing; `compression.rotation`), "auto" rotates each layer where that lowers its output error on
+    captured calibration inputs (calibrates), "none" by default.
     """
 
     weight_format: QuantFormat
@@ -163,7 +165,8 @@ class QuantSpec:
     @property
     def needs_calibration(self) -> bool:
         return (self.smoothing is not None or self.rounding is not Rounding.NEAREST
-                or self.act_mode is ActMode.STATIC or self.split_shortcuts or self.bos_aware)
+                or self.act_mode is ActMode.STATIC or self.split_shortcuts or self.bos_aware
+                or self.rotation is Rotation.AUTO)
 
     def to_dict(self) -> dict:
         """The fields as JSON; the GPTQ options only when the rounding is GPTQ, act_group_size and rotation
@@ -178,7 +181,8 @@ class QuantSpec:
         act = f"{self.act_format.value}{act_group}/{self.act_mode.value}" if self.act_format else "a16"
         methods = [self.scale_method.value]
         methods += [f"smooth={self.smoothing}"] if self.smoothing is not None else []
-        methods += ["rotation"] if self.rotation is not Rotation.NONE else []
+        methods += [{Rotation.HADAMARD: "rotation", Rotation.AUTO: "rotation=auto"}[self.rotation]] \
+            if self.rotation is not Rotation.NONE else []
         methods += [f"lowrank={self.low_rank}"] if self.low_rank else []
         methods += ["learned-rounding"] if self.rounding is Rounding.LEARNED else []
         methods += ["block-reconstruction"] if self.rounding is Rounding.BLOCK else []

@@ -119,3 +119,25 @@ def test_rotated_layer_runs_the_same_on_the_triton_backend():
     layer[0].set_backend("triton")
     assert layer[0].backend == "triton"
     assert torch.allclose(layer(x), expected, atol=1e-4)
+
+
+def test_auto_rotation_rotates_only_the_layers_it_helps():
+    from diffpress.compression.layer_inputs import LayerInputs
+    from diffpress.compression.ptq import LayerContext, _rotation_and_smoothing
+
+    torch.manual_seed(0)
+    spec = QuantSpec(**W4A4_INT, rotation="auto")
+    heavy = nn.Linear(128, 64)
+    with torch.no_grad():
+        heavy.weight.mul_(0.5)[torch.arange(64), torch.randint(0, 128, (64,))] *= 30
+    heavy_rows = torch.randn(512, 128) * torch.where(torch.rand(512, 128) < 0.02, 20.0, 1.0)
+    light = nn.Linear(128, 64)
+    with torch.no_grad():
+        light.weight.uniform_(-1, 1)
+    light_rows = torch.rand(512, 128) * 2 - 1  # uniform: lighter tails than a rotation's near-Gaussian output
+    signs, _ = _rotation_and_smoothing(LayerContext("heavy", heavy, spec, None, LayerInputs(heavy_rows, heavy_rows)))
+    assert signs is not None
+    signs, _ = _rotation_and_smoothing(LayerContext("light", light, spec, None, LayerInputs(light_rows, light_rows)))
+    assert signs is None
+    assert QuantSpec(**W4A4_INT, rotation="auto").needs_calibration
+    assert "rotation=auto" in QuantSpec(**W4A4_INT, rotation="auto").describe()

@@ -59,10 +59,10 @@ class _QuantWeightMixin:
 
     @classmethod
     def from_float(cls, module: nn.Module, spec: QuantSpec):
-        """Quantize `module` (an nn.Linear or nn.Conv2d) with `spec`, nearest rounding (after the rotation when
-        the spec has one)."""
+        """Quantize `module` (an nn.Linear or nn.Conv2d) with `spec`, nearest rounding (rotated first when the
+        spec's rotation is hadamard; `auto` decides on calibration inputs, which this path has not)."""
         flat = module.weight.detach().reshape(module.weight.shape[0], -1)
-        signs = layer_signs(module) if spec.rotation is not Rotation.NONE else None
+        signs = layer_signs(module) if spec.rotation is Rotation.HADAMARD else None
         if signs is not None:
             flat = rotate_flat(flat, signs, flat.shape[1] // signs.numel())
         packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)

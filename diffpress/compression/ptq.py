@@ -150,7 +150,7 @@ def _usable_plan(plan: QuantSpec, module: nn.Module) -> QuantSpec:
 
 def _needs_inputs(plans) -> set[str]:
     return {fqn for fqn, (_, plan) in plans.items()
-            if plan.smoothing == "auto" or plan.rounding is not Rounding.NEAREST}
+            if plan.smoothing == "auto" or plan.rounding is not Rounding.NEAREST or plan.rotation is Rotation.AUTO}
 
 
 def _input_sources(denoiser: nn.Module, calibration: CalibrationSet | None, plans) -> tuple[dict, dict]:
@@ -181,8 +181,7 @@ def prepare_layer(context: LayerContext) -> PreparedLayer:
     """Smoothing, the rotation, the low-rank split and the scales with nearest rounding: everything before
     rounding."""
     spec, module = context.spec, context.module
-    signs = _signs(context)
-    factors = _smoothing(context, signs) if spec.smoothing is not None else None
+    signs, factors = _rotation_and_smoothing(context)
     weight = _transformed_weight(module, factors, signs)
     low_rank = split_low_rank(weight, spec.low_rank) if spec.low_rank else None
     if low_rank is not None:
@@ -192,10 +191,20 @@ def prepare_layer(context: LayerContext) -> PreparedLayer:
     return PreparedLayer(module, spec, weight, nearest, factors, down_up, context.act_split, signs)
 
 
-def _signs(context: LayerContext) -> torch.Tensor | None:
+def _rotation_and_smoothing(context: LayerContext) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(rotation signs or None, smoothing factors or None). Rotation auto: the smoothing is chosen with and
+    without the rotation, and the pair with the smaller output error on the captured inputs kept."""
+    smoothing = context.spec.smoothing is not None
     if context.spec.rotation is Rotation.NONE:
-        return None
-    return layer_signs(context.module, context.act_split)
+        return None, _smoothing(context) if smoothing else None
+    signs = layer_signs(context.module, context.act_split)
+    if context.spec.rotation is Rotation.HADAMARD:
+        return signs, _smoothing(context, signs) if smoothing else None
+    ones = torch.ones(context.module.weight.shape[1])
+    options = [(candidate, _smoothing(context, candidate) if smoothing else None) for candidate in (None, signs)]
+    errors = [_output_error(context, factors if factors is not None else ones, candidate)
+              for candidate, factors in options]
+    return options[int(errors[1] < errors[0])]
 
 
 def _transformed_weight(module: nn.Module, factors: torch.Tensor | None, signs: torch.Tensor | None) -> torch.Tensor:
