@@ -235,7 +235,8 @@ class CompressionResult:
 
 def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibration = CalibrationOptions(),
              image_probe: ImageProbe | None = None, overwrite: bool = False, progress: bool = False,
-             resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS) -> CompressionResult:
+             resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS,
+             stream: bool = False, shard_bytes: int | None = None) -> CompressionResult:
     """Compress MODEL's denoiser with `plan` and save a diffusers-format directory at `out` (atomically).
 
     plan: a preset name ("w8a8-int8"), a recipe file or Recipe, a MixedPrecision or Budget (formats
@@ -245,11 +246,17 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
     is saved as recipe.yaml (and allocation.json for a mixed plan). Progress is checkpointed to the hidden
     sibling .OUT.diffpress-work (calibration at most every `checkpoint_every` seconds, each quantized
     layer as it is done; None: off); `resume` continues a killed run with the same arguments from there,
-    with a bit-identical result (diffpress.resume).
+    with a bit-identical result (diffpress.resume). stream: apply a calibration-free recipe tensor by tensor
+    from the checkpoint's files without loading the model, writing safetensors shards of at most
+    `shard_bytes` (default 2 GiB): memory independent of the model's size (diffpress.streaming); the result
+    is the same as without it.
     """
     started = time.perf_counter()
     plan = as_plan(plan)
     subject = Subject.open(model)
+    if stream:
+        with reserved_output(Path(out), overwrite, (subject.root,) if subject.root else (), _least_output_bytes(subject)):
+            return _streamed(subject, plan, Path(out), overwrite, progress, started, shard_bytes)
     with reserved_output(Path(out), overwrite, (subject.root,), _least_output_bytes(subject)), \
             checkpointing(work_path(Path(out)), _run_description("compress", subject, plan, calibration), resume,
                           checkpoint_every):
@@ -286,6 +293,40 @@ def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image
                  attachments={**_attachments(recipe, allocation, plan.prune), **_recovery_attachment(pruned)})
     return CompressionResult(type(denoiser).__name__, saved, plan, report, bytes_before, state_bytes(denoiser),
                              time.perf_counter() - started, allocation, pruned)
+
+
+def _streamed(subject: Subject, plan: Plan, out: Path, overwrite: bool, progress: bool, started: float,
+              shard_bytes: int | None) -> CompressionResult:
+    from .io import _copy_pipeline_except, write_manifest
+    from .outputs import atomic_directory
+    from .streaming import SHARD_BYTES, stream_model
+
+    source = subject.source
+    if source is None:
+        raise InputError("streaming reads the model's files: give a model or pipeline directory, not an object",
+                         "stream")
+    if plan.prune or plan.mixed is not None:
+        raise InputError("streaming applies a calibration-free recipe (weight-only presets, round-to-nearest W8A8); "
+                         "pruning and mixed precision need the model in memory: compress without --stream", "stream")
+    component = source.denoiser_component if source.is_pipeline else None
+    with atomic_directory(out.expanduser().resolve(), overwrite, _least_output_bytes(subject)) as staging:
+        if component:
+            _copy_pipeline_except(source.root, staging, component)
+        target = staging / component if component else staging
+        target.mkdir(exist_ok=True)
+        streamed = stream_model(source, plan.recipe, target, shard_bytes or SHARD_BYTES, progress,
+                                extra={"preset": plan.name, "recipe": plan.recipe.to_dict()})
+        for name, text in _attachments(plan.recipe, None).items():
+            (staging / name).write_text(text)
+        write_manifest(staging, component)
+    return CompressionResult(_model_class_name(source), out.expanduser().resolve(), plan, streamed.report, streamed.bytes_before,
+                             streamed.bytes_after, time.perf_counter() - started)
+
+
+def _model_class_name(source) -> str:
+    from .checkpoint import read_json
+
+    return str(read_json(source.denoiser_dir / "config.json").get("_class_name"))
 
 
 def resumable(out: str | Path) -> bool:

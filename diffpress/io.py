@@ -103,9 +103,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def quantization_config(model: nn.Module, extra: dict | None = None) -> dict:
-    config = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer": "diffpress",
-              "producer_version": __version__, "torch_dtype": str(model_dtype(model)).removeprefix("torch."),
-              **(extra or {}), "layers": layer_plan(model)}
+    config = layers_config(layer_plan(model), model_dtype(model), extra)
     structure = getattr(model, "diffpress_structure", None)
     if structure:
         config["structure"] = structure
@@ -114,6 +112,13 @@ def quantization_config(model: nn.Module, extra: dict | None = None) -> dict:
         config["timestep_buckets"] = {"num_buckets": tracker.buckets.num_buckets,
                                       "timestep_range": tracker.buckets.timestep_range}
     return config
+
+
+def layers_config(layers: dict[str, dict], dtype: torch.dtype, extra: dict | None = None) -> dict:
+    """The quantization_config of config.json for a model of float dtype `dtype` with these layer plans."""
+    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "producer": "diffpress",
+            "producer_version": __version__, "torch_dtype": str(dtype).removeprefix("torch."),
+            **(extra or {}), "layers": layers}
 
 
 def write_model(model: nn.Module, directory: Path, extra: dict | None = None) -> None:
@@ -244,14 +249,14 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
     layers = qconfig.get("layers")
     if not isinstance(layers, dict):
         raise IntegrityError(f"{directory}: quantization_config.layers is not a mapping")
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise IntegrityError(f"{weights}: missing")
-    stored = len(check_safetensors(weights))
+    shards = weight_files(directory)
+    stored = sum(len(check_safetensors(shard)) for shard in shards)
     with torch.device("meta"), _default_dtype(dtype):  # buffers built as diffusers builds them for this dtype
-        model = model_from_config(cls, config, str(directory), weights.stat().st_size, stored)
+        model = model_from_config(cls, config, str(directory), sum(s.stat().st_size for s in shards), stored)
         apply_structure(model, qconfig.get("structure"), str(directory))
-    state = load_file(weights)
+    state = {}
+    for shard in shards:
+        state.update(load_file(shard))
     try:
         install_shells(model, layers, {k: (tuple(t.shape), t.dtype) for k, t in state.items()}, directory)
     except DiffpressError:
@@ -270,6 +275,26 @@ def load_model(directory: Path, backend: str = "auto", device: str | torch.devic
     if device is not None:
         model.to(device)
     return set_backends(model.eval(), backend)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors file, or the shards a diffusers index names (streamed outputs of large models)."""
+    from .streaming import INDEX_NAME
+
+    single = directory / WEIGHTS_NAME
+    index = directory / INDEX_NAME
+    if single.is_file() or not index.is_file():
+        if not single.is_file():
+            raise IntegrityError(f"{single}: missing")
+        return [single]
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and "/" not in v for v in weight_map.values()):
+        raise IntegrityError(f"{index}: weight_map is not a mapping of tensor names to shard files")
+    shards = [directory / name for name in sorted(set(weight_map.values()))]
+    missing = [s for s in shards if not s.is_file()]
+    if missing:
+        raise IntegrityError(f"{missing[0]}: missing (named in {INDEX_NAME})")
+    return shards
 
 
 _STORED_DTYPES = ("float32", "float16", "bfloat16", "float64")

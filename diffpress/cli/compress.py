@@ -25,7 +25,8 @@ def register(subparsers) -> None:
          "diffpress compress builtin:digits --preset w4a8-int --calib-labels 3 7 --calib-samples 16 --out out/w4a8",
          "diffpress compress builtin:digits --preset mixed --avg-bits 5 --out out/digits-mixed5",
          "diffpress compress ./unet --preset mixed --avg-bits 5 --calibration calib.safetensors --image-layers 0 "
-         "--out out/m5"),
+         "--out out/m5",
+         "diffpress compress ./flux-transformer --preset w8a16-int8 --stream --out ./flux-int8"),
         "presets:\n" + preset_lines())
     options.add_model(parser)
     options.add_plan(parser, mixed=True)
@@ -35,6 +36,12 @@ def register(subparsers) -> None:
     parser.add_argument("--eval", action="store_true",
                         help="after saving, run 'diffpress eval' on the result with default settings "
                              "(models that ship an evaluation classifier, such as builtin:digits)")
+    parser.add_argument("--stream", action="store_true",
+                        help="calibration-free presets and recipes (weight-only, round-to-nearest W8A8): quantize "
+                             "tensor by tensor from the checkpoint's files without loading the model; memory stays "
+                             "at about one output shard, whatever the model's size")
+    parser.add_argument("--shard-size", type=options.integer(1), default=None, metavar="MB",
+                        help="with --stream: largest output shard in MiB (default 2048)")
     options.add_calibration(parser, "calibration (used only when the plan's methods need data)")
     options.add_budget(parser)
     parser.set_defaults(handler=run)
@@ -43,7 +50,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     result = compress(args.model, options.plan_of(args), args.out, calibration=options.calibration_source(args),
                       overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, stream=args.stream,
+                      shard_bytes=args.shard_size << 20 if args.shard_size else None)
     print_compression(result, f"preset {args.preset}" if args.preset else f"recipe {args.recipe}")
     if args.eval:
         print_eval(evaluate(args.model, result.out, progress=not args.quiet), grid_beside(result.out))
