@@ -3,7 +3,7 @@
 For plans that need no data (weight-only presets, round-to-nearest W8A8, a fixed rotation), each layer's
 quantization depends on its own weight alone, so the model need not be loaded: the denoiser's structure is
 built on the meta device from its config (to know which tensors are Linear/Conv2d weights and what each
-layer's plan is), the source safetensors are read one tensor at a time through memory maps, each planned
+layer's plan is), the source safetensors are read one tensor at a time (plain reads, no memory map), each planned
 weight is quantized exactly as `quantize_` quantizes it in memory (`compressed_module`, so the result is
 bit-identical), every other tensor is copied as it is, and the output is written in safetensors shards of
 at most `shard_bytes` with a diffusers index. Peak memory: one shard being written plus one layer's float32
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,7 +29,7 @@ from .errors import InputError, IntegrityError
 from .io import layers_config
 from .recipe import QuantSpec, Recipe
 
-SHARD_BYTES = 2 << 30
+SHARD_BYTES = 1 << 30
 WEIGHTS_STEM, WEIGHTS_SUFFIX = "diffusion_pytorch_model", ".safetensors"
 INDEX_NAME = f"{WEIGHTS_STEM}{WEIGHTS_SUFFIX}.index.json"
 
@@ -71,6 +69,57 @@ def source_files(model_dir: Path) -> dict[str, Path]:
     return files
 
 
+_SAFETENSORS_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                      torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written tensor by tensor from the tensors' own memory (safetensors' save_file builds
+    a byte copy of everything first: twice the shard in memory)."""
+    header, offset = {"__metadata__": metadata or {}}, 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * ((-len(encoded)) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for tensor in tensors.values():
+            if tensor.numel():
+                handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
+class SafetensorsReader:
+    """One tensor at a time from a safetensors file by plain reads into the tensor's own memory: no memory map,
+    whose touched pages would stay resident (and counted) until the whole file is closed."""
+
+    def __init__(self, path: Path) -> None:
+        from .checkpoint import _SAFETENSORS_STORAGE_DTYPES, check_safetensors
+
+        self.path, self.header = path, check_safetensors(path)  # validated: offsets inside the file
+        self.dtypes = _SAFETENSORS_STORAGE_DTYPES
+        with path.open("rb") as handle:
+            self.data_start = 8 + int.from_bytes(handle.read(8), "little")
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self.header[name]
+        start, end = entry["data_offsets"]
+        dtype = self.dtypes.get(entry["dtype"])
+        if dtype is None:
+            raise InputError(f"{self.path}: tensor {name!r} has dtype {entry['dtype']!r}, which diffpress does not read")
+        buffer = bytearray(end - start)
+        with self.path.open("rb") as handle:
+            handle.seek(self.data_start + start)
+            if handle.readinto(buffer) != len(buffer):
+                raise IntegrityError(f"{self.path}: truncated while reading {name!r}")
+        raw = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
+        return raw.view(dtype).reshape(entry["shape"])
+
+
 class ShardWriter:
     """Tensors in, safetensors shards of at most `shard_bytes` out (a single tensor larger than that gets a
     shard of its own); `finish` names them as diffusers does and writes the index (one shard: no index)."""
@@ -92,7 +141,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         path = self.directory / f".shard-{len(self.shards):05d}{WEIGHTS_SUFFIX}"
-        save_file(self.pending, path, metadata={"format": "pt"})
+        write_safetensors(path, self.pending, metadata={"format": "pt"})
         self.shards.append((path, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 
@@ -144,23 +193,23 @@ def stream_model(source: Checkpoint, recipe: Recipe, directory: Path, shard_byte
         by_file.setdefault(path, []).append(name)
     with tqdm(total=len(files), desc="stream", unit="tensor", disable=not progress) as bar:
         for path, names in by_file.items():
-            with safe_open(str(path), framework="pt") as handle:
-                for name in names:
-                    tensor = handle.get_tensor(name)
-                    bytes_before += tensor.numel() * tensor.element_size()
-                    if tensor.is_floating_point():
-                        counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
-                    if name in weights:
-                        fqn = weights[name]
-                        quantized = _quantized(plans[fqn], tensor)
-                        layers[fqn] = layer_entry(quantized)
-                        for key, value in quantized.state_dict().items():
-                            if key != "bias":  # the source's own bias tensor is copied as it is
-                                writer.add(f"{fqn}.{key}", value)
-                    else:
-                        writer.add(name, tensor)
-                    del tensor
-                    bar.update()
+            reader = SafetensorsReader(path)
+            for name in names:
+                tensor = reader.get(name)
+                bytes_before += tensor.numel() * tensor.element_size()
+                if tensor.is_floating_point():
+                    counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+                if name in weights:
+                    fqn = weights[name]
+                    quantized = _quantized(plans[fqn], tensor)
+                    layers[fqn] = layer_entry(quantized)
+                    for key, value in quantized.state_dict().items():
+                        if key != "bias":  # the source's own bias tensor is copied as it is
+                            writer.add(f"{fqn}.{key}", value)
+                else:
+                    writer.add(name, tensor)
+                del tensor
+                bar.update()
     writer.finish()
     report.quantized.extend(plans)
     dtype = max(counts, key=counts.get) if counts else torch.float32

@@ -105,3 +105,21 @@ def test_cli_streams_a_pipeline_and_copies_its_other_components(tmp_path, capsys
     assert main(["compress", "builtin:digits", "--preset", "mixed", "--avg-bits", "5", "--stream",
                  "--out", str(tmp_path / "x")]) == 2
     assert "pruning and mixed precision need the model in memory" in capsys.readouterr().err
+
+
+def test_safetensors_written_tensor_by_tensor_read_back_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffpress.streaming import write_safetensors
+
+    tensors = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.randint(-8, 8, (7,), dtype=torch.int8),
+               "c": torch.randn(2, 2).to(torch.float8_e4m3fn), "d": torch.tensor([True, False]),
+               "e": torch.randn(4, 3).T, "empty": torch.zeros(0, 4)}  # "e": not contiguous
+    write_safetensors(tmp_path / "x.safetensors", tensors, {"format": "pt"})
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert set(loaded) == set(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name].view(torch.uint8) if tensor.dtype ==
+                                                                   torch.float8_e4m3fn else loaded[name],
+                                                                   tensor.view(torch.uint8) if tensor.dtype ==
+                                                                   torch.float8_e4m3fn else tensor), name

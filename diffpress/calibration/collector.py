@@ -98,10 +98,10 @@ class Collector:
                 return
             x = args[0]
             timestep, bucket = self._current
-            if not torch.isfinite(x).all():
+            stats = ActStats.from_input(x, channel_dim)
+            if not torch.isfinite(stats.channel_absmax).all():  # NaN and Inf reach the channel maxima
                 raise CalibrationError(f"non-finite values (NaN/Inf) in the input of layer {name!r} "
                                        f"at timestep {timestep:g}")
-            stats = ActStats.from_input(x, channel_dim)
             previous = self.stats.get((name, bucket))
             self.stats[(name, bucket)] = stats if previous is None else previous.merge(stats)
         return hook
