@@ -244,10 +244,11 @@ def measure(reference: ReferenceRun, tool: str, config: str, bits: str, layer_se
         extra = sorted(set(quantized) - set(sets[layer_set]))
         result = evaluate_pipeline(reference, pipe, progress)
         side = result.compressed
-        row.update(layers_quantized=len(quantized), psnr_db=side.psnr_db, ssim=side.ssim,
+        row.update(layers_quantized=len(quantized), psnr_db=side.psnr_db, psnr_ci95_db=side.psnr_ci95_db, ssim=side.ssim,
                    accuracy=side.classifier_accuracy, frechet=side.frechet_distance, size_bytes=side.size_bytes,
                    compress_seconds=round(compress_seconds, 2), sample_seconds=round(side.seconds, 2),
                    error=None, **notes)
+        row["_sample_mse"] = side.sample_mse  # for the paired comparisons; not saved
         if missing or extra:
             row["layer_mismatch"] = {"not_quantized": missing, "unexpected": extra}
     except Exception as error:  # noqa: BLE001 - a peer that fails is a result, recorded verbatim
@@ -276,7 +277,10 @@ def run(args) -> dict:
                       "torchao": lambda c, layers: run_torchao(c, layers, settings, calib)}[tool]
             row = measure(reference, tool, config, bits, layer_set, sets, runner, args.progress)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "_sample_mse"}), flush=True)
+    paired = paired_comparisons(rows)
+    for row in rows:
+        row.pop("_sample_mse", None)
     int4_attempts = int4_cpu_attempts() if not args.only or any("Int4" in w for w in args.only) else None
     reference_row = {"psnr_db": None, "ssim": None, "accuracy": reference.metrics.classifier_accuracy,
                      "frechet": reference.metrics.frechet_distance, "size_bytes": reference.metrics.size_bytes,
@@ -300,8 +304,27 @@ def run(args) -> dict:
                                  "after io.load; peers: quantize (+ calibration) + freeze on an already loaded "
                                  "model, evaluated in memory",
         "torchao_int4_weight_only_cpu_attempts": int4_attempts,
-        "reference": reference_row, "rows": rows,
+        "reference": reference_row, "rows": rows, "paired": paired,
     }
+
+
+def paired_comparisons(rows: list[dict]) -> list[dict]:
+    """Each equal-bits pair measured in this run: diffpress's PSNR minus the peer's over the same samples, with
+    the paired bootstrap 95% interval."""
+    from diffpress.metrics import paired_psnr_difference
+
+    result = []
+    for label, ours_key, peer_keys in COMPARISONS:
+        ours = find(rows, *ours_key)
+        for peer_key in peer_keys:
+            peer = find(rows, *peer_key)
+            if ours is None or peer is None or "_sample_mse" not in ours or "_sample_mse" not in peer:
+                continue
+            difference = paired_psnr_difference(ours["_sample_mse"], peer["_sample_mse"])
+            result.append({"pair": label, "diffpress": ours_key[1], "peer": f"{peer_key[0]} {peer_key[1]}",
+                           "difference_db": round(difference["difference_db"], 3),
+                           "ci95_db": [round(v, 3) for v in difference["ci95_db"]]})
+    return result
 
 
 # ------------------------------------------------------------------ tables
@@ -375,6 +398,10 @@ def markdown(run_: dict) -> str:
         for peer_key in peer_keys:
             cells = verdict(ours, find(rows, *peer_key))
             lines.append(f"| {label} | {ours_key[1]} | {peer_key[0]} {peer_key[1]} | " + " | ".join(cells) + " |")
+    if run_.get("paired"):
+        lines += ["", "Paired over the same samples (bootstrap 95% interval of diffpress minus peer, dB): "
+                  + "; ".join(f"{p['diffpress']} vs {p['peer']}: {p['difference_db']:+.2f} "
+                              f"[{p['ci95_db'][0]:+.2f}, {p['ci95_db'][1]:+.2f}]" for p in run_["paired"]) + "."]
     if run_.get("torchao_int4_weight_only_cpu_attempts"):
         lines += ["", "torchao `Int4WeightOnlyConfig(group_size=128)` on one Linear on the CPU, every packing format "
                   "(float32 and bfloat16): " + "; ".join(run_["torchao_int4_weight_only_cpu_attempts"]) + "."]
@@ -425,6 +452,9 @@ def merge(runs: list[dict], result: dict, partial: bool) -> list[dict]:
                 old[f"{name}_of_second_command"] = result.get(name)
         if result.get("torchao_int4_weight_only_cpu_attempts"):
             old["torchao_int4_weight_only_cpu_attempts"] = result["torchao_int4_weight_only_cpu_attempts"]
+        pairs = lambda p: (p["diffpress"], p["peer"])
+        new_pairs = {pairs(p) for p in result.get("paired", [])}
+        old["paired"] = [p for p in old.get("paired", []) if pairs(p) not in new_pairs] + result.get("paired", [])
         result = old
     return sorted(keep + [result], key=lambda r: r["num_samples"])
 
