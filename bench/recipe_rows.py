@@ -44,17 +44,19 @@ def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, onl
     with tempfile.TemporaryDirectory(prefix="diffpress-rows-") as temporary:
         calibration = Path(temporary) / "calibration.safetensors"
         diffpress.calibrate(model, out=calibration)
-        for label, spec in rows:
+        for label, spec, *options in rows:  # options: compress keyword arguments of the row (e.g. rounding)
             if only and not any(key in label for key in only):
                 continue
             out = Path(temporary) / label.replace(" ", "-")
             started = time.perf_counter()
-            result = diffpress.compress(model, Recipe(spec), out, calibration=calibration, checkpoint_every=None)
+            result = diffpress.compress(model, Recipe(spec), out, calibration=calibration, checkpoint_every=None,
+                                        **(options[0] if options else {}))
             seconds = time.perf_counter() - started
             pipe = io.load(out)
             sides = {seed: evaluate_pipeline(reference, pipe).compressed for seed, reference in references.items()}
             errors[label] = {seed: side.sample_mse for seed, side in sides.items()}
             row = {"row": label, "recipe": spec.to_dict(), "compress_seconds": round(seconds, 1),
+                   **({"compress_options": {k: repr(v) for k, v in options[0].items()}} if options else {}),
                    "denoiser_bytes": result.bytes_after, **sides[seeds[0]].to_dict(),
                    "by_seed": [{"seed": seed, "psnr_db": round(side.psnr_db, 3), "psnr_ci95_db": side.psnr_ci95_db,
                                 "classifier_accuracy": side.classifier_accuracy} for seed, side in sides.items()]}

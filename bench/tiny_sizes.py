@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from diffpress.compression.rounding import RoundingOptions
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import tiny_models  # noqa: E402
 
@@ -49,7 +51,8 @@ def main() -> None:
             model, _ = tiny_models.build(arch)
             reference = tiny_models.run(model, run_inputs)
             before = tensor_bytes(model)
-            report = quantize_model(model, preset_recipe(name), calibration, rounding_iterations=100)
+            report = quantize_model(model, preset_recipe(name), calibration,
+                                    rounding=RoundingOptions(iterations=100))
             output = tiny_models.run(model, run_inputs)
             with tempfile.TemporaryDirectory() as scratch:
                 diffpress.save(model, f"{scratch}/out")

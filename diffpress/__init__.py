@@ -41,6 +41,7 @@ _EXPORTS = {
     "PRESETS": "diffpress.presets",
     "PruneStage": "diffpress.prune_stage",
     "LearnOptions": "diffpress.prune_stage",
+    "RoundingOptions": "diffpress.compression.rounding",
     "QuantFormat": "diffpress.formats",
     "Granularity": "diffpress.formats",
     # calibration and sensitivity

@@ -14,6 +14,7 @@ from . import __version__
 from .calibration import CalibrationOptions, CalibrationSet
 from .calibration import calibrate as run_calibration
 from .compression.allocate import Allocation, allocate_report
+from .compression.rounding import RoundingOptions
 from .compression.sensitivity.image_metric import ImageProbe, measured_curve
 from .compression.sensitivity.measure import SensitivityOptions
 from .compression.sensitivity.report import SensitivityReport
@@ -236,7 +237,8 @@ class CompressionResult:
 def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibration = CalibrationOptions(),
              image_probe: ImageProbe | None = None, overwrite: bool = False, progress: bool = False,
              resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS,
-             stream: bool = False, shard_bytes: int | None = None) -> CompressionResult:
+             stream: bool = False, shard_bytes: int | None = None,
+             rounding: RoundingOptions = RoundingOptions()) -> CompressionResult:
     """Compress MODEL's denoiser with `plan` and save a diffusers-format directory at `out` (atomically).
 
     plan: a preset name ("w8a8-int8"), a recipe file or Recipe, a MixedPrecision or Budget (formats
@@ -248,8 +250,9 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
     layer as it is done; None: off); `resume` continues a killed run with the same arguments from there,
     with a bit-identical result (diffpress.resume). stream: apply a calibration-free recipe tensor by tensor
     from the checkpoint's files without loading the model, writing safetensors shards of at most
-    `shard_bytes` (default 2 GiB): memory independent of the model's size (diffpress.streaming); the result
-    is the same as without it.
+    `shard_bytes` (default 1 GiB): memory independent of the model's size (diffpress.streaming); the result
+    is the same as without it. rounding: iterations, captured rows, batch size and early stopping of
+    learned rounding (compression.rounding.RoundingOptions).
     """
     started = time.perf_counter()
     plan = as_plan(plan)
@@ -258,13 +261,13 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
         with reserved_output(Path(out), overwrite, (subject.root,) if subject.root else (), _least_output_bytes(subject)):
             return _streamed(subject, plan, Path(out), overwrite, progress, started, shard_bytes)
     with reserved_output(Path(out), overwrite, (subject.root,), _least_output_bytes(subject)), \
-            checkpointing(work_path(Path(out)), _run_description("compress", subject, plan, calibration), resume,
-                          checkpoint_every):
-        return _compress(subject, plan, out, calibration, image_probe, overwrite, progress, started)
+            checkpointing(work_path(Path(out)), {**_run_description("compress", subject, plan, calibration),
+                                                 "rounding": repr(rounding)}, resume, checkpoint_every):
+        return _compress(subject, plan, out, calibration, image_probe, overwrite, progress, started, rounding)
 
 
 def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image_probe: ImageProbe | None,
-              overwrite: bool, progress: bool, started: float) -> CompressionResult:
+              overwrite: bool, progress: bool, started: float, rounding: RoundingOptions) -> CompressionResult:
     if plan.prune and not isinstance(calibration, CalibrationOptions):
         raise InputError("a plan with prune stages calibrates after pruning (the activations change); pass "
                          "calibration options, not a saved calibration set", "calibration")
@@ -284,7 +287,7 @@ def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image
     denoiser = subject.denoiser
     from .compression.ptq import quantize_model
 
-    report = quantize_model(denoiser, recipe, calibration_set, progress=progress, ready=ready)
+    report = quantize_model(denoiser, recipe, calibration_set, progress=progress, ready=ready, rounding=rounding)
     if not report.quantized:
         raise InputError(f"{subject.name}: no layer to quantize (every Linear/Conv2d is on the skip list)", "plan")
     saved = save(denoiser, out, source=subject.source, overwrite=overwrite,

@@ -11,7 +11,7 @@ from diffpress.compression.layer_inputs import capture_layer_inputs
 from diffpress.compression.low_rank import split_low_rank
 from diffpress.compression.ptq import LayerContext, _output_error, quantize_model, static_activation_scales
 from diffpress.compression.quantize import dequantize, quantize_weight
-from diffpress.compression.rounding import learn_rounding
+from diffpress.compression.rounding import RoundingOptions, learn_rounding
 from diffpress.compression.smoothing import smoothed_weight, smoothing_factors, weight_channel_absmax
 from diffpress.errors import InputError
 from diffpress.formats import Granularity, QuantFormat, grid_values
@@ -160,7 +160,8 @@ def test_methods_save_and_load_bit_exact(pixart_calibrated, tmp_path, methods):
     _, inputs, calibration = pixart_calibrated
     model, _ = tiny_models.build("pixart")
     reference = tiny_models.run(model, {**inputs, "timestep": torch.tensor([300, 300])})
-    report = quantize_model(model, Recipe(QuantSpec(**W4A8, **methods)), calibration, rounding_iterations=20)
+    report = quantize_model(model, Recipe(QuantSpec(**W4A8, **methods)), calibration,
+                            rounding=RoundingOptions(iterations=20))
     run_inputs = {**inputs, "timestep": torch.tensor([300, 300])}
     expected = tiny_models.run(model, run_inputs)
     assert sqnr_db(reference, expected) > 10 and report.quantized
@@ -265,3 +266,50 @@ def test_four_bit_activation_specs_are_checked():
         QuantSpec("int4", "per_group", 64, act_group_size=64)
     assert "act_group_size" not in QuantSpec(**W4A8).to_dict()
     assert QuantSpec.from_dict(QuantSpec(**W4A4_INT).to_dict()) == QuantSpec(**W4A4_INT)
+
+
+def test_rounding_batches_and_early_stopping_still_beat_nearest(monkeypatch):
+    from diffpress.compression import rounding as rounding_module
+    from diffpress.compression.rounding import RoundingOptions
+    from diffpress.kernels.reference import dequantize_weight
+
+    torch.manual_seed(0)
+    weight = torch.randn(24, 64)
+    rows = torch.randn(512, 8) @ torch.randn(8, 64) + 0.1 * torch.randn(512, 64)  # correlated channels
+    nearest = quantize_weight(weight, "int4", "per_group", 32, "mse")
+    loss = lambda packed: float((rows @ dequantize_weight(packed).T - rows @ weight.T).square().mean())
+    steps = []
+    original = rounding_module.beta_schedule
+    monkeypatch.setattr(rounding_module, "beta_schedule", lambda i, n: steps.append(i) or original(i, n))
+    full = learn_rounding(weight, nearest.scales, nearest, rows, rows, options=RoundingOptions(iterations=400))
+    assert len(steps) == 400
+    steps.clear()
+    kept = learn_rounding(weight, nearest.scales, nearest, rows, rows,
+                          options=RoundingOptions(iterations=400, early_stop=True))
+    assert len(steps) == 400  # codes still flip until the annealing ends here: no early stop
+    assert loss(kept) <= loss(full)  # the best codes seen are kept
+    steps.clear()
+    stopped = learn_rounding(weight, nearest.scales, nearest, rows, rows,  # any change counts as settled
+                             options=RoundingOptions(iterations=400, early_stop=True, tolerance=1.0, patience=2))
+    assert len(steps) == 120  # warm-up to step 80, checks every 20 steps: settled at 100 and 120
+    steps.clear()
+    steps.clear()
+    batched = learn_rounding(weight, nearest.scales, nearest, rows, rows,
+                             options=RoundingOptions(iterations=400, batch_size=64))
+    again = learn_rounding(weight, nearest.scales, nearest, rows, rows,
+                           options=RoundingOptions(iterations=400, batch_size=64))
+    assert torch.equal(batched.qdata, again.qdata)  # the batches come from a seeded generator
+    for packed in (full, kept, batched):
+        assert loss(packed) < 0.7 * loss(nearest)
+    assert loss(stopped) < loss(nearest)
+
+
+def test_rounding_options_are_checked():
+    from diffpress.compression.rounding import RoundingOptions
+
+    with pytest.raises(InputError, match="rounding iterations must be an integer >= 1"):
+        RoundingOptions(iterations=0)
+    with pytest.raises(InputError, match=r"rounding tolerance must be in \[0, 1\]"):
+        RoundingOptions(tolerance=1.5)
+    with pytest.raises(InputError, match="rounding batch_size must be an integer >= 1"):
+        RoundingOptions(batch_size=0)

@@ -43,15 +43,39 @@ def register(subparsers) -> None:
     parser.add_argument("--shard-size", type=options.integer(1), default=None, metavar="MB",
                         help="with --stream: largest output shard in MiB (default 2048)")
     options.add_calibration(parser, "calibration (used only when the plan's methods need data)")
+    add_rounding(parser)
     options.add_budget(parser)
     parser.set_defaults(handler=run)
+
+
+def add_rounding(parser) -> None:
+    from ..compression.rounding import RoundingOptions
+
+    default = RoundingOptions()
+    group = parser.add_argument_group("learned rounding and block reconstruction (rounding: learned | block)")
+    group.add_argument("--rounding-iterations", type=options.integer(1), default=default.iterations, metavar="N",
+                       help=f"Adam steps per layer (per block for block reconstruction) (default {default.iterations})")
+    group.add_argument("--rounding-rows", type=options.integer(1), default=default.rows, metavar="R",
+                       help=f"captured calibration input rows per layer (default {default.rows}; also GPTQ's)")
+    group.add_argument("--rounding-batch", type=options.integer(1), default=None, metavar="B",
+                       help="rows per step (default: all of them)")
+    group.add_argument("--early-stop", action="store_true",
+                       help="stop a layer's fit once the hard-rounded loss, checked every N/20 steps, improves by "
+                            f"less than {default.tolerance:g} relative {default.patience} checks in a row; keep the "
+                            "best codes seen")
+
+
+def rounding_of(args):
+    from ..compression.rounding import RoundingOptions
+
+    return RoundingOptions(args.rounding_iterations, args.rounding_rows, args.rounding_batch, args.early_stop)
 
 
 def run(args) -> int:
     result = compress(args.model, options.plan_of(args), args.out, calibration=options.calibration_source(args),
                       overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
                       checkpoint_every=args.checkpoint_every, stream=args.stream,
-                      shard_bytes=args.shard_size << 20 if args.shard_size else None)
+                      shard_bytes=args.shard_size << 20 if args.shard_size else None, rounding=rounding_of(args))
     print_compression(result, f"preset {args.preset}" if args.preset else f"recipe {args.recipe}")
     if args.eval:
         print_eval(evaluate(args.model, result.out, progress=not args.quiet), grid_beside(result.out))

@@ -32,7 +32,7 @@ from .layer_records import layer_record, restore_layer
 from .low_rank import split_low_rank
 from .quantize import quantize_weight
 from .rotation import layer_signs, rotate_flat
-from .rounding import learn_rounding
+from .rounding import RoundingOptions, learn_rounding
 from .smoothing import DEFAULT_ALPHAS, smoothed_weight, smoothing_factors, supports_smoothing, weight_channel_absmax
 from .surgery import compressed_module, compressible_layers, replace_module
 from .swap import DEFAULT_SKIP, QuantizationReport, plan_of
@@ -53,9 +53,11 @@ class LayerContext:
 
 
 def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: CalibrationSet | None = None,
-                   progress: bool = False, rounding_iterations: int = 300,
+                   progress: bool = False, rounding: RoundingOptions = RoundingOptions(),
                    ready: Mapping[str, nn.Module] | None = None) -> QuantizationReport:
-    """Quantize `denoiser` in place with `recipe`; methods that need data use `calibration`.
+    """Quantize `denoiser` in place with `recipe`; methods that need data use `calibration`. rounding: the
+    iterations, captured rows, batch size and early stopping of learned rounding (iterations also for
+    block reconstruction).
 
     ready: layers already quantized with exactly their recipe plan (e.g. by a sensitivity run with
     full methods), put in place as they are instead of being quantized again.
@@ -65,7 +67,8 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
         check_weights(fqn, module)
     wanted = _needs_inputs(plans)
     _check_calibration(calibration, plans, wanted)
-    inputs = capture_layer_inputs(denoiser, calibration, wanted, progress=progress) if wanted else {}
+    inputs = capture_layer_inputs(denoiser, calibration, wanted, max_rows=rounding.rows,
+                                  progress=progress) if wanted else {}
     splits, first_tokens = _input_sources(denoiser, calibration, plans)
     contexts = {fqn: LayerContext(fqn, module, plan, calibration, inputs.get(fqn), splits.get(fqn), first_tokens.get(fqn))
                 for fqn, (module, plan) in plans.items()}
@@ -76,14 +79,14 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
     finished = {fqn for fqn in contexts if checkpoints.has(fqn)} if not blockwise_plan else set()
     prepared = {fqn: prepare_layer(context) for fqn, context in contexts.items() if fqn not in finished}
     blockwise = {fqn: layer for fqn, layer in prepared.items() if layer.spec.rounding is Rounding.BLOCK}
-    block_packed = reconstruct_blocks(denoiser, calibration, blockwise, rounding_iterations,
+    block_packed = reconstruct_blocks(denoiser, calibration, blockwise, rounding.iterations,
                                       progress=progress) if blockwise else {}
     tracker = attach_tracker(denoiser, calibration.buckets) if _any_static(plans) else None
     for fqn, context in tqdm(contexts.items(), desc="quantize", unit="layer", disable=not progress):
         if fqn in finished:
             quantized = restore_layer(context.module, fqn, *checkpoints.load(fqn), checkpoints.directory)
         else:
-            quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding_iterations)
+            quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding)
             checkpoints.save(fqn, *layer_record(quantized))
         quantized.fqn, quantized.timestep_tracker = fqn, tracker
         replace_module(denoiser, fqn, quantized)
@@ -172,9 +175,9 @@ def _any_static(plans) -> bool:
     return any(plan.act_mode is ActMode.STATIC for _, plan in plans.values())
 
 
-def quantize_layer(context: LayerContext, rounding_iterations: int = 300) -> nn.Module:
+def quantize_layer(context: LayerContext, rounding: RoundingOptions = RoundingOptions()) -> nn.Module:
     """One layer through the method pipeline on its own; returns its QuantLinear / QuantConv2d."""
-    return finish_layer(context, prepare_layer(context), None, rounding_iterations)
+    return finish_layer(context, prepare_layer(context), None, rounding)
 
 
 def prepare_layer(context: LayerContext) -> PreparedLayer:
@@ -222,10 +225,10 @@ def _transformed_rows(module: nn.Module, rows: torch.Tensor, factors: torch.Tens
 
 
 def finish_layer(context: LayerContext, prepared: PreparedLayer, block_packed: PackedWeight | None,
-                 rounding_iterations: int) -> nn.Module:
+                 rounding: RoundingOptions) -> nn.Module:
     """Rounding (unless block reconstruction already chose the codes), then the quantized module."""
     spec, module, factors, low_rank = context.spec, context.module, prepared.factors, prepared.low_rank
-    packed = block_packed if block_packed is not None else _rounded(context, prepared, rounding_iterations)
+    packed = block_packed if block_packed is not None else _rounded(context, prepared, rounding)
     quantized = compressed_module(module, spec, packed)
     quantized.act_split = context.act_split
     quantized.set_optional("smooth", factors)
@@ -289,7 +292,7 @@ def _row_factors(module: nn.Module, factors: torch.Tensor) -> torch.Tensor:
     return factors.repeat_interleave(_patch_size(module))
 
 
-def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations: int) -> PackedWeight:
+def _rounded(context: LayerContext, prepared: PreparedLayer, rounding: RoundingOptions) -> PackedWeight:
     """Nearest, GPTQ, or layer-wise learned rounding (also for `block` layers that lie in no block)."""
     spec, nearest, weight, factors = context.spec, prepared.nearest, prepared.weight, prepared.factors
     if spec.rounding is Rounding.NEAREST:
@@ -300,7 +303,7 @@ def _rounded(context: LayerContext, prepared: PreparedLayer, rounding_iterations
                                                        act_group_size=spec.act_group_size)
     if spec.rounding is Rounding.GPTQ:
         return gptq_rounding(weight, nearest.scales, nearest, quantized, spec.gptq_damping, spec.gptq_act_order)
-    return learn_rounding(weight, nearest.scales, nearest, smoothed, quantized, iterations=rounding_iterations)
+    return learn_rounding(weight, nearest.scales, nearest, smoothed, quantized, options=rounding)
 
 
 def static_activation_scales(context: LayerContext, factors: torch.Tensor | None) -> torch.Tensor:
