@@ -71,6 +71,7 @@ class _SoftQuantized(nn.Module):
         p, module = self.prepared, self.prepared.module
         is_conv = isinstance(module, nn.Conv2d)
         channel_dim = 1 if is_conv else -1
+        dtype = x.dtype
         x = transformed_input(x, p.factors, p.rotation, channel_dim)
         x_smooth, x_quantized = reference.prepare_activation(x, p.spec.act_format, None, None,
                                                              channel_dim=channel_dim, act_split=p.act_split,
@@ -83,7 +84,7 @@ class _SoftQuantized(nn.Module):
                                              conv, p.low_rank)
         else:
             y = reference.linear_with_weight(x_quantized, x_smooth, weight, module.bias, p.low_rank)
-        return y.to(x.dtype)
+        return y.to(dtype)
 
 
 def reconstruct_blocks(denoiser: nn.Module, calibration: CalibrationSet, prepared: dict[str, PreparedLayer],
