@@ -4,7 +4,7 @@
 
 The w4a8-int preset's methods with learned rounding (MSE clipping, searched smoothing) at: fast (100
 iterations, 512 rows per layer, batches of 256), default (300 iterations, 2048 rows, all rows per step),
-long (1000 iterations, 4096 rows, batches of 1024); the default with early stopping; nearest rounding
+long (600 iterations, 4096 rows, batches of 1024); the default with early stopping; nearest rounding
 and GPTQ for scale. One calibration set serves every row (recipe_rows). Writes
 bench/results/rounding-settings-MODEL.json.
 """
@@ -23,7 +23,7 @@ def rows() -> list[tuple]:
             ("w4a8-int learned fast", learned, {"rounding": RoundingOptions(100, 512, 256)}),
             ("w4a8-int learned default", learned, {"rounding": RoundingOptions()}),
             ("w4a8-int learned default early-stop", learned, {"rounding": RoundingOptions(early_stop=True)}),
-            ("w4a8-int learned long", learned, {"rounding": RoundingOptions(1000, 4096, 1024)}),
+            ("w4a8-int learned long", learned, {"rounding": RoundingOptions(600, 4096, 1024)}),
             ("w4a8-int gptq", replace(learned, rounding="gptq"))]
 
 
