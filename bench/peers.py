@@ -434,15 +434,19 @@ def main() -> None:
 def merge(runs: list[dict], result: dict, partial: bool) -> list[dict]:
     """Replace the run with the same sample count; an --only run replaces just its rows in it.
 
-    The rows of an --only run join a saved run only when the reference came out identical (same
-    settings, so same labels, noise and samples); otherwise the --only run is saved on its own.
+    The rows of an --only run join a saved run only when the reference came out the same (same settings,
+    so same labels, noise and samples; accuracy and Frechet distance within 1e-4 relative, which thread
+    counts and float32/float64 means move); otherwise the --only run is saved beside it.
     """
     same = lambda r: (r["num_samples"], r["steps"], r["seed"]) == (result["num_samples"], result["steps"],
                                                                    result["seed"])
     old = next((r for r in runs if same(r)), None)
     keep = [r for r in runs if not same(r)]
-    if partial and old is not None and all(old["reference"][k] == result["reference"][k]
-                                           for k in ("accuracy", "frechet", "size_bytes")):
+    close = lambda a, b: a == b or (isinstance(a, float) and isinstance(b, float) and abs(a - b) <= 1e-4 * abs(b))
+    if partial and old is not None and not all(close(old["reference"][k], result["reference"][k])
+                                               for k in ("accuracy", "frechet", "size_bytes")):
+        keep.append(old)  # a different reference: the partial run is saved beside the full one, never over it
+    elif partial and old is not None:
         key = lambda row: (row["tool"], row["config"], row["layer_set"])
         fresh = {key(row): row for row in result["rows"]}
         old["rows"] = [fresh.pop(key(row), row) for row in old["rows"]] + list(fresh.values())
