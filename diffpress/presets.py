@@ -42,12 +42,14 @@ _NAMED: tuple[Preset, ...] = (
     Preset("w4a16-uint4", QuantSpec(QuantFormat.UINT4, Granularity.PER_GROUP, 128, scale_method=ScaleMethod.MSE),
            "asymmetric INT4 weights (a zero point per group of 128: the codes span each group's [min, max]), "
            "MSE-searched range; activations unquantized"),
-    # FP4 with nearest rounding keeps absmax scales: MSE clipping lowers every layer's weight and output error but
-    # costs 1.4-1.9 dB end to end on builtin:digits (paired, two seeds), all of it in the full-resolution convs
-    # that write into the residual stream next to the output; with GPTQ, which moves each clipped weight's error
-    # onto the columns not yet rounded, clipping gains 2.8-3.1 dB instead (bench/results/clipping-digits.json).
-    Preset("w4a16-fp4", QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16),
-           "FP4 e2m1 weights with block-16 absmax scales; activations unquantized"),
+    # FP4 with nearest rounding clips Linear layers only: MSE clipping lowers every layer's weight and output
+    # error, but on builtin:digits it costs 1.4-1.9 dB end to end (paired, two seeds), all of it in the
+    # full-resolution convs that write into the residual stream next to the output, and is neutral on its Linear
+    # layers; on builtin:digits-flux (all Linear) it gains 1.9 dB (bench/results/clipping-digits.json).
+    Preset("w4a16-fp4", QuantSpec(QuantFormat.FP4_E2M1, Granularity.PER_GROUP, 16,
+                                  scale_method=ScaleMethod.MSE_LINEAR),
+           "FP4 e2m1 weights with block-16 scales, MSE-searched clipping on Linear layers (absmax on convolutions); "
+           "activations unquantized"),
     Preset("w8a8-int8", QuantSpec(QuantFormat.INT8, Granularity.PER_CHANNEL, act_format=QuantFormat.INT8),
            "INT8 weights per channel, INT8 activations per token (dynamic)"),
     Preset("w8a8-fp8", QuantSpec(QuantFormat.FP8_E4M3, Granularity.PER_CHANNEL, act_format=QuantFormat.FP8_E4M3),

@@ -33,6 +33,16 @@ from .formats import Granularity, QuantFormat, check_granularity, spec_of
 class ScaleMethod(str, enum.Enum):
     ABSMAX = "absmax"  # each unit's largest magnitude onto the grid's largest code
     MSE = "mse"  # clipping ratio per unit searched for the smallest squared error
+    MSE_LINEAR = "mse_linear"  # MSE on Linear layers, absmax on convolutions (bench/results: FP4 clipping)
+
+
+def layer_scale_method(spec: "QuantSpec", module) -> str:
+    """The scale method a layer's weight is quantized with: `mse_linear` is MSE for an nn.Linear (or its
+    quantized replacement) and absmax for a convolution."""
+    if spec.scale_method is not ScaleMethod.MSE_LINEAR:
+        return spec.scale_method.value
+    is_conv = "conv" in type(module).__name__.lower()
+    return ScaleMethod.ABSMAX.value if is_conv else ScaleMethod.MSE.value
 
 
 class ActMode(str, enum.Enum):

@@ -96,3 +96,22 @@ def test_group_scales_are_bfloat16_and_channel_scales_float32(gaussian):
 def test_rejects_non_matrix():
     with pytest.raises(ValueError, match=r"\(N, K\) weight"):
         quantize_weight(torch.randn(2, 3, 4), QuantFormat.INT8, Granularity.PER_CHANNEL)
+
+
+def test_mse_linear_clips_linear_layers_and_keeps_absmax_on_convolutions():
+    from torch import nn
+
+    from diffpress.compression.quantize import choose_scales
+    from diffpress.compression.swap import quantize_
+    from diffpress.presets import preset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 8, 3), nn.Flatten(), nn.Linear(32, 8))
+    floats = [model[0].weight.detach().reshape(8, -1).clone(), model[2].weight.detach().clone()]
+    spec = preset("w4a16-fp4")
+    assert spec.scale_method.value == "mse_linear"
+    quantize_(model, spec, skip=())
+    conv_absmax = choose_scales(floats[0], "fp4_e2m1", "per_group", 16, "absmax")
+    linear_mse = choose_scales(floats[1], "fp4_e2m1", "per_group", 16, "mse")
+    assert torch.equal(model[0].scales, conv_absmax) and torch.equal(model[2].scales, linear_mse)
+    assert not torch.equal(linear_mse, choose_scales(floats[1], "fp4_e2m1", "per_group", 16, "absmax"))

@@ -23,7 +23,7 @@ from ..kernels import ops  # noqa: F401  (registers torch.ops.diffpress.*)
 from ..kernels.dispatch import Backend, parse_backend, resolve_backend
 from ..formats import spec_of
 from ..kernels.layout import ZERO_POINT_DTYPE, PackedWeight, qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
-from ..recipe import ActMode, QuantSpec, Rotation
+from ..recipe import ActMode, QuantSpec, Rotation, layer_scale_method
 from .quantize import quantize_weight
 from .rotation import layer_signs, rotate_flat, transformed_input
 
@@ -65,7 +65,8 @@ class _QuantWeightMixin:
         signs = layer_signs(module) if spec.rotation is Rotation.HADAMARD else None
         if signs is not None:
             flat = rotate_flat(flat, signs, flat.shape[1] // signs.numel())
-        packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
+        packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size,
+                                 layer_scale_method(spec, module))
         quantized = cls.from_packed(module, spec, packed)
         quantized.set_optional("rotation", signs)
         return quantized

@@ -23,7 +23,7 @@ from ..formats import spec_of
 from ..numerics import check_weights
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
-from ..recipe import ActMode, QuantSpec, Recipe, Rotation, Rounding
+from ..recipe import ActMode, QuantSpec, Recipe, Rotation, Rounding, layer_scale_method
 from .block_reconstruction import PreparedLayer, reconstruct_blocks
 from .gptq import gptq_rounding
 from .input_sources import find_concat_splits, find_constant_first_tokens
@@ -189,7 +189,8 @@ def prepare_layer(context: LayerContext) -> PreparedLayer:
     low_rank = split_low_rank(weight, spec.low_rank) if spec.low_rank else None
     if low_rank is not None:
         weight = low_rank[2]
-    nearest = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
+    nearest = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size,
+                              layer_scale_method(spec, module))
     down_up = (low_rank[0], low_rank[1]) if low_rank is not None else None
     return PreparedLayer(module, spec, weight, nearest, factors, down_up, context.act_split, signs)
 
@@ -275,7 +276,8 @@ def _output_error(context: LayerContext, factors: torch.Tensor, signs: torch.Ten
     rounding)."""
     spec, module, rows = context.spec, context.module, context.inputs.rows
     weight = _transformed_weight(module, factors, signs)
-    packed = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size, spec.scale_method)
+    packed = quantize_weight(weight, spec.weight_format, spec.granularity, spec.group_size,
+                             layer_scale_method(spec, module))
     y = reference.quantized_linear(_transformed_rows(module, rows, factors, signs), packed, None, spec.act_format,
                                    None, None, act_group_size=spec.act_group_size)
     target = rows @ _flat_weight(module).T
