@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def add_rounding(parser) -> None:
-    from ..compression.rounding import RoundingOptions
+    from ..api import RoundingOptions
 
     default = RoundingOptions()
     group = parser.add_argument_group("learned rounding and block reconstruction (rounding: learned | block)")
@@ -66,7 +66,7 @@ def add_rounding(parser) -> None:
 
 
 def rounding_of(args):
-    from ..compression.rounding import RoundingOptions
+    from ..api import RoundingOptions
 
     return RoundingOptions(args.rounding_iterations, args.rounding_rows, args.rounding_batch, args.early_stop)
 
