@@ -340,7 +340,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_nothing_partial(tmp_path):
                    "--calib-steps", "3",
                    "--out", str(out), "--quiet")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    # the default SIGINT handler in the child: a test run started in the background has SIGINT ignored, and
+    # children inherit that
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     work = resume.work_path(out)
     for _ in range(600):  # wait until quantization has checkpointed a layer
         if (work / "quantize-1").is_dir() and any((work / "quantize-1").iterdir()):
