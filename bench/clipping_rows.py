@@ -27,11 +27,5 @@ def rows() -> list[tuple[str, object]]:
     return result
 
 
-def main() -> None:
-    args = recipe_rows.arguments(__doc__)
-    recipe_rows.write("clipping-rows", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only,
-                                                                 args.seeds))
-
-
 if __name__ == "__main__":
-    main()
+    recipe_rows.main("clipping-rows", __doc__, rows())

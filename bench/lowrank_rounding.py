@@ -24,11 +24,5 @@ def rows() -> list[tuple[str, object]]:
     return result
 
 
-def main() -> None:
-    args = recipe_rows.arguments(__doc__)
-    recipe_rows.write("lowrank-rounding", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only,
-                                                                    args.seeds))
-
-
 if __name__ == "__main__":
-    main()
+    recipe_rows.main("lowrank-rounding", __doc__, rows())

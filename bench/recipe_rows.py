@@ -96,3 +96,9 @@ def write(kind: str, args: argparse.Namespace, results: list[dict]) -> Path:
     path = Path(__file__).parent / "results" / f"{kind}-{name}{'-partial' if args.only else ''}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     return path
+
+
+def main(kind: str, description: str, rows: list[tuple]) -> None:
+    """The whole benchmark: parse the arguments, measure `rows`, write bench/results/KIND-MODEL.json."""
+    args = arguments(description)
+    write(kind, args, measure(args.model, rows, args.num_samples, args.only, args.seeds))

@@ -27,11 +27,5 @@ def rows() -> list[tuple]:
             ("w4a8-int gptq", replace(learned, rounding="gptq"))]
 
 
-def main() -> None:
-    args = recipe_rows.arguments(__doc__)
-    recipe_rows.write("rounding-settings", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only,
-                                                                     args.seeds))
-
-
 if __name__ == "__main__":
-    main()
+    recipe_rows.main("rounding-settings", __doc__, rows())

@@ -38,11 +38,5 @@ def rows() -> list[tuple[str, object]]:
     return result
 
 
-def main() -> None:
-    args = recipe_rows.arguments(__doc__)
-    recipe_rows.write("w4a4", args, recipe_rows.measure(args.model, rows(), args.num_samples, args.only,
-                                                                   args.seeds))
-
-
 if __name__ == "__main__":
-    main()
+    recipe_rows.main("w4a4", __doc__, rows())

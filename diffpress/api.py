@@ -327,9 +327,9 @@ def _streamed(subject: Subject, plan: Plan, out: Path, overwrite: bool, progress
 
 
 def _model_class_name(source) -> str:
-    from .checkpoint import read_json
+    from .checkpoint import _model_class
 
-    return str(read_json(source.denoiser_dir / "config.json").get("_class_name"))
+    return _model_class(source.denoiser_dir).__name__
 
 
 def resumable(out: str | Path) -> bool:

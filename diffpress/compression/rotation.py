@@ -42,8 +42,8 @@ def random_signs(channels: int, block: int) -> torch.Tensor:
 
 
 def layer_signs(module: nn.Module, act_split: int | None = None) -> torch.Tensor:
-    """The signs of a Linear's or (groups == 1) Conv2d's input rotation."""
-    channels = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+    """The signs of a Linear's or (groups == 1) Conv2d's input rotation (float or quantized module)."""
+    channels = module.in_features if hasattr(module, "in_features") else module.in_channels
     return random_signs(channels, rotation_block(channels, act_split))
 
 

@@ -270,16 +270,15 @@ def _quantize_into(shell, weight: torch.Tensor) -> None:
     """Quantize a float weight into a quantize-on-load shell (nearest rounding, the preset's scales) and drop the
     placeholder."""
     from ..compression.quantize import quantize_weight
-    from ..compression.rotation import random_signs, rotate_flat, rotation_block
+    from ..compression.rotation import layer_signs, rotate_flat
     from ..recipe import Rotation, layer_scale_method
 
     spec = shell.spec
     flat = weight.reshape(weight.shape[0], -1)
     signs = None
     if spec.rotation is Rotation.HADAMARD:  # as from_float rotates: over the input channels
-        channels = weight.shape[1]
-        signs = random_signs(channels, rotation_block(channels))
-        flat = rotate_flat(flat, signs, flat.shape[1] // channels)
+        signs = layer_signs(shell)
+        flat = rotate_flat(flat, signs, flat.shape[1] // signs.numel())
     packed = quantize_weight(flat, spec.weight_format, spec.granularity, spec.group_size,
                              layer_scale_method(spec, shell))
     del shell.weight
