@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, distributed
 from .calibration import CalibrationOptions, CalibrationSet
 from .calibration import calibrate as run_calibration
 from .compression.allocate import Allocation, allocate_report
+from .compression.layer_inputs import CaptureOptions
 from .compression.rounding import RoundingOptions
 from .compression.sensitivity.image_metric import ImageProbe, measured_curve
 from .compression.sensitivity.measure import SensitivityOptions
@@ -23,6 +24,7 @@ from .errors import InputError, OutputExistsError
 from .io import load, save
 from .metrics import state_bytes
 from .outputs import reserved_output
+from .placement import COMPUTE_DTYPES, Placement, placed, resident
 from .resume import DEFAULT_EVERY_SECONDS, checkpointing, input_fingerprint, work_path
 from .plan import MIXED, Budget, MixedPrecision, Plan, as_plan
 from .presets import PRESETS, SensitivityMethods, candidate
@@ -33,7 +35,7 @@ from .subject import Calibration, Subject
 
 # Types and tables the CLI builds its options from, so that it imports this module only:
 # MIXED, PRESETS, Budget, MixedPrecision, SensitivityMethods, SensitivityOptions, StrategyName, candidate,
-# Cost, LearnOptions, Method, Scope, Unit (and PruneStage).
+# Cost, LearnOptions, Method, Scope, Unit (and PruneStage), COMPUTE_DTYPES, CaptureOptions, other_rank.
 
 __all__ = ["calibrate", "sensitivity", "allocate", "prune", "compress", "evaluate", "inspect", "prunable_units",
            "removable_blocks",
@@ -42,15 +44,17 @@ __all__ = ["calibrate", "sensitivity", "allocate", "prune", "compress", "evaluat
 
 def calibrate(model, prompts_or_labels=None, *, options: CalibrationOptions | None = None, forward_loop=None,
               out: str | Path | None = None, overwrite: bool = False, progress: bool = False,
-              **settings) -> CalibrationSet:
+              device=None, compute_dtype=None, **settings) -> CalibrationSet:
     """Record timestep-aware activation statistics and a reservoir of denoiser calls.
 
     model: a pipeline directory or builtin:NAME, a pipeline object, or a denoiser module with
     `forward_loop(denoiser)` making the calls. prompts_or_labels / options / settings: what to run on
     and how much (CalibrationOptions; settings override its fields by name, e.g. num_samples=8).
     Nothing given: the built-in model's default labels. out: also save the set there (safetensors,
-    refused if it exists unless overwrite).
+    refused if it exists unless overwrite). device / compute_dtype: where the denoiser's calls run
+    (default: the first CUDA device if any, else the CPU; the stored dtype) -- diffpress.placement.
     """
+    where = Placement.resolve(device, compute_dtype)
     if out is not None and Path(out).exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it", "out")
     if isinstance(model, (str, Path)):
@@ -58,9 +62,12 @@ def calibrate(model, prompts_or_labels=None, *, options: CalibrationOptions | No
         pipe = subject.pipeline("calibrating runs the model's sampler")
         prompts_or_labels = prompts_or_labels or (None if _names_items(options, settings) else subject.default_items)
         model = pipe
-    result = run_calibration(model, prompts_or_labels, options=options, forward_loop=forward_loop,
-                             progress=progress, **settings)
-    if out is not None:
+    from .calibration import find_denoiser
+
+    with placed(find_denoiser(model), where):
+        result = run_calibration(model, prompts_or_labels, options=options, forward_loop=forward_loop,
+                                 progress=progress, **settings)
+    if out is not None and distributed.is_main():
         result.save(out)
     return result
 
@@ -73,7 +80,8 @@ def sensitivity(model, calibration: Calibration = CalibrationOptions(), options:
                 image_probe: ImageProbe | None = None, image_samples: int = 16, image_steps: int | None = None,
                 curve: bool = True, out: str | Path | None = None, overwrite: bool = False, avg_bits: float = 5.0,
                 top_k: int = 5, progress: bool = False, resume: bool = False,
-                checkpoint_every: float | None = DEFAULT_EVERY_SECONDS) -> SensitivityReport:
+                checkpoint_every: float | None = DEFAULT_EVERY_SECONDS, device=None,
+                compute_dtype=None) -> SensitivityReport:
     """Per-layer, per-timestep-bucket quantization sensitivity (MixDQ's output and image metrics).
 
     model: a checkpoint path / builtin:NAME, a pipeline, or a denoiser. calibration: options to
@@ -84,16 +92,20 @@ def sensitivity(model, calibration: Calibration = CalibrationOptions(), options:
     of the quality-vs-size curve and measure it (report.info["measured_curve"]). out: write
     report.html/md/json and recipe.yaml there (the allocation at `avg_bits`; `top_k` layers kept
     in high precision in the snippet). With `out`, progress is checkpointed and `resume` continues a killed
-    run, as in `compress`.
+    run, as in `compress`. device / compute_dtype: as in `compress`.
     """
     options = options or SensitivityOptions(progress=progress)
+    where = Placement.resolve(device, compute_dtype)
     out = _report_directory(out, overwrite)
     subject = Subject.open(model)
     if out is None:
-        return _sensitivity(subject, calibration, options, image_probe, image_samples, image_steps, curve, progress)
+        with placed(_working_denoiser(subject), where):
+            return _sensitivity(subject, calibration, options, image_probe, image_samples, image_steps, curve,
+                                progress)
     description = _run_description("sensitivity", subject, (options, image_samples, image_steps, curve), calibration)
     with reserved_output(out, True, (subject.root,) if subject.root else ()), \
-            checkpointing(work_path(out), description, resume, checkpoint_every):
+            checkpointing(work_path(out), description, resume, checkpoint_every), \
+            placed(_working_denoiser(subject), where):
         report = _sensitivity(subject, calibration, options, image_probe, image_samples, image_steps, curve, progress)
         from .report import write_report
 
@@ -160,7 +172,7 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
           guidance_scale: float | None = None, learn: LearnOptions | dict | None = None,
           calibration: Calibration = CalibrationOptions(), seed: int = 0, recover_steps: int = 0,
           recover_learning_rate: float = 1e-4, overwrite: bool = False, progress: bool = False,
-          resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS) -> PruneOutcome:
+          resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS, device=None) -> PruneOutcome:
     """Remove attention heads, feed-forward neurons and ResNet channel groups (unit width), or whole blocks
     (unit blocks), from MODEL's denoiser.
 
@@ -175,8 +187,11 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
     replayed calibration calls (output loss plus normalized surviving-block feature loss); the loss
     curve is saved as recovery.json. out: save a diffusers-format directory there (atomically; it
     loads with diffpress.load and from_pretrained, and can be quantized with compress). With `out`, progress
-    is checkpointed and `resume` continues a killed run, as in `compress`.
+    is checkpointed and `resume` continues a killed run, as in `compress`. device: where the pruning computes
+    (default: the first CUDA device if any, else the CPU); the whole denoiser moves there in its stored dtype
+    for the stage (mask learning and recovery train through its weights).
     """
+    where = Placement.resolve(device)
     given = [(value, cost) for value, cost in ((target_params, Cost.PARAMS), (target_macs, Cost.MACS),
                                                (target_latency, Cost.LATENCY), (remove_blocks, None))
              if value is not None]
@@ -190,16 +205,22 @@ def prune(model, target_params: float | None = None, out: str | Path | None = No
                        recover_learning_rate=recover_learning_rate)
     subject = Subject.open(model)
     if out is None:
-        return PruneOutcome(prune_subject(subject, stage, calibration, progress), subject._pipeline or subject.denoiser,
-                            None)
+        return PruneOutcome(_prune_on(subject, stage, calibration, progress, where),
+                            subject._pipeline or subject.denoiser, None)
     with reserved_output(Path(out), overwrite, (subject.root,) if subject.root else (), _least_output_bytes(subject)), \
             checkpointing(work_path(Path(out)), _run_description("prune", subject, stage, calibration), resume,
                           checkpoint_every):
-        result = prune_subject(subject, stage, calibration, progress)
+        result = _prune_on(subject, stage, calibration, progress, where)
         saved = save(subject.denoiser, out, source=subject.source, overwrite=overwrite,
                      extra={"pruned": _pruned_info(result)},
                      attachments={"recipe.yaml": _prune_recipe_yaml(stage), **_recovery_attachment([result])})
     return PruneOutcome(result, subject._pipeline or subject.denoiser, saved)
+
+
+def _prune_on(subject: Subject, stage: PruneStage, calibration, progress: bool, where: Placement):
+    """One prune stage with the whole denoiser resident on the placement's device."""
+    with resident(_working_denoiser(subject), where):
+        return prune_subject(subject, stage, calibration, progress)
 
 
 def _pruned_info(result) -> dict:
@@ -232,13 +253,21 @@ class CompressionResult:
     seconds: float
     allocation: Allocation | None = None  # for a mixed-precision plan
     pruned: list = None  # the PruneResult of each prune stage
+    placement: Placement | None = None  # where it computed (None: streamed on the CPU)
+
+
+def other_rank() -> bool:
+    """Under torchrun: whether this process is a rank other than 0 (it works alongside, rank 0 prints and
+    writes)."""
+    return distributed.active() and not distributed.is_main()
 
 
 def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibration = CalibrationOptions(),
              image_probe: ImageProbe | None = None, overwrite: bool = False, progress: bool = False,
              resume: bool = False, checkpoint_every: float | None = DEFAULT_EVERY_SECONDS,
              stream: bool = False, shard_bytes: int | None = None,
-             rounding: RoundingOptions = RoundingOptions()) -> CompressionResult:
+             rounding: RoundingOptions = RoundingOptions(), device=None, compute_dtype=None,
+             capture: CaptureOptions = CaptureOptions()) -> CompressionResult:
     """Compress MODEL's denoiser with `plan` and save a diffusers-format directory at `out` (atomically).
 
     plan: a preset name ("w8a8-int8"), a recipe file or Recipe, a MixedPrecision or Budget (formats
@@ -252,29 +281,57 @@ def compress(model: str | Path, plan, out: str | Path, *, calibration: Calibrati
     from the checkpoint's files without loading the model, writing safetensors shards of at most
     `shard_bytes` (default 1 GiB): memory independent of the model's size (diffpress.streaming); the result
     is the same as without it. rounding: iterations, captured rows, batch size and early stopping of
-    learned rounding (compression.rounding.RoundingOptions).
+    learned rounding (compression.rounding.RoundingOptions). device: where calibration, layer-input capture,
+    smoothing search, rounding, block reconstruction, sensitivity and pruning compute (default: the first CUDA
+    device if any, else the CPU); compute_dtype: the dtype of denoiser calls there (default: the stored one;
+    per-layer quantization math is float32 whatever it is). The model stays in host memory in its stored
+    dtype and moves to the device one block at a time (diffpress.placement); the output is the same kind of
+    checkpoint wherever it was made. capture: layer inputs for the per-layer methods are captured block group
+    by block group within `capture.max_bytes`, from the float model or (inputs_from="quantized") from the model
+    with the earlier groups already quantized (compression.layer_inputs.CaptureOptions).
     """
     started = time.perf_counter()
     plan = as_plan(plan)
+    where = Placement.resolve(device, compute_dtype)
     subject = Subject.open(model)
     if stream:
         with reserved_output(Path(out), overwrite, (subject.root,) if subject.root else (), _least_output_bytes(subject)):
             return _streamed(subject, plan, Path(out), overwrite, progress, started, shard_bytes)
     with reserved_output(Path(out), overwrite, (subject.root,), _least_output_bytes(subject)), \
             checkpointing(work_path(Path(out)), {**_run_description("compress", subject, plan, calibration),
-                                                 "rounding": repr(rounding)}, resume, checkpoint_every):
-        return _compress(subject, plan, out, calibration, image_probe, overwrite, progress, started, rounding)
+                                                 "rounding": repr(rounding), "capture": repr(capture),
+                                                 "compute_dtype": str(where.compute_dtype)}, resume, checkpoint_every):
+        return _compress(subject, plan, out, calibration, image_probe, overwrite, progress, started, rounding, where,
+                         capture)
 
 
 def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image_probe: ImageProbe | None,
-              overwrite: bool, progress: bool, started: float, rounding: RoundingOptions) -> CompressionResult:
+              overwrite: bool, progress: bool, started: float, rounding: RoundingOptions,
+              where: Placement, capture: CaptureOptions) -> CompressionResult:
     if plan.prune and not isinstance(calibration, CalibrationOptions):
         raise InputError("a plan with prune stages calibrates after pruning (the activations change); pass "
                          "calibration options, not a saved calibration set", "calibration")
-    if plan.prune and subject.has_pipeline:
-        subject.pipeline("pruning")  # load it first: its denoiser is the one pruned and quantized
-    bytes_before = state_bytes(subject.denoiser)
-    pruned = [prune_subject(subject, stage, calibration, progress) for stage in plan.prune]
+    samples = plan.prune or plan.mixed is not None or (plan.recipe.needs_calibration
+                                                       and isinstance(calibration, CalibrationOptions))
+    denoiser = _working_denoiser(subject) if samples else subject.denoiser
+    bytes_before = state_bytes(denoiser)
+    with placed(denoiser, where):
+        return _compress_placed(subject, plan, out, calibration, image_probe, overwrite, progress, started, rounding,
+                                where, capture, bytes_before)
+
+
+def _working_denoiser(subject: Subject):
+    """The denoiser the verb works on: the pipeline's when the subject has one (load it first, so that the
+    denoiser calibration and the image metric drive is the one placed, quantized and saved)."""
+    if subject.has_pipeline:
+        subject.pipeline("sampling")
+    return subject.denoiser
+
+
+def _compress_placed(subject: Subject, plan: Plan, out, calibration: Calibration, image_probe: ImageProbe | None,
+                     overwrite: bool, progress: bool, started: float, rounding: RoundingOptions, where: Placement,
+                     capture: CaptureOptions, bytes_before: int) -> CompressionResult:
+    pruned = [_prune_on(subject, stage, calibration, progress, where) for stage in plan.prune]
     recipe, allocation, calibration_set, ready = plan.recipe, None, None, None
     if plan.mixed is not None:
         table = latency_table(plan.mixed)
@@ -287,7 +344,8 @@ def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image
     denoiser = subject.denoiser
     from .compression.ptq import quantize_model
 
-    report = quantize_model(denoiser, recipe, calibration_set, progress=progress, ready=ready, rounding=rounding)
+    report = quantize_model(denoiser, recipe, calibration_set, progress=progress, ready=ready, rounding=rounding,
+                            capture=capture)
     if not report.quantized:
         raise InputError(f"{subject.name}: no layer to quantize (every Linear/Conv2d is on the skip list)", "plan")
     saved = save(denoiser, out, source=subject.source, overwrite=overwrite,
@@ -295,7 +353,7 @@ def _compress(subject: Subject, plan: Plan, out, calibration: Calibration, image
                         "skipped": report.skipped, **({"pruned": _pruned_info(pruned[-1])} if pruned else {})},
                  attachments={**_attachments(recipe, allocation, plan.prune), **_recovery_attachment(pruned)})
     return CompressionResult(type(denoiser).__name__, saved, plan, report, bytes_before, state_bytes(denoiser),
-                             time.perf_counter() - started, allocation, pruned)
+                             time.perf_counter() - started, allocation, pruned, where)
 
 
 def _streamed(subject: Subject, plan: Plan, out: Path, overwrite: bool, progress: bool, started: float,

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import distributed
 from . import __version__
 from .checkpoint import Checkpoint, check_safetensors, load_pipeline, model_from_config, read_json
 from .compression.modules import OPTIONAL_BUFFERS, QUANTIZATION_BUFFERS, set_backends
@@ -152,6 +153,8 @@ def save(model: nn.Module, out: str | Path, source: Checkpoint | None = None, ov
     out = Path(out).expanduser().resolve()
     if not layer_plan(model) and not getattr(model, "diffpress_structure", None):
         raise InputError("the model is neither quantized nor pruned; compress or prune it first")
+    if not distributed.is_main():  # several processes: rank 0 writes
+        return out
     inputs = (source.root,) if source else ()
     check_output(out, overwrite, inputs)
     component = source.denoiser_component if source and source.is_pipeline else None

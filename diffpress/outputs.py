@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from . import distributed
 from .errors import InputError, OutputBusyError, OutputExistsError, OutputWriteError
 
 STAGING_SUFFIX = ".diffpress-partial"
@@ -64,6 +65,9 @@ def reserved_output(out: Path, overwrite: bool, inputs: tuple[Path, ...] = (),
         yield _HELD[out].staging
         return
     check_output(out, overwrite, inputs)
+    if not distributed.is_main():  # several processes: rank 0 writes (the others check, then compute alongside)
+        yield staging_path(out)
+        return
     reservation = _reserve(out)
     _HELD[out] = reservation
     try:

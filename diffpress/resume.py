@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import distributed
 from .errors import InputError
 from .outputs import write_file_atomically
 
@@ -177,6 +178,9 @@ def checkpointing(root: Path, run: dict, resume: bool,
     with `resume`, `root` must hold a run started with the same description, and its records are used.
     Without, an old work directory is discarded. every_seconds None: no checkpoints (with resume refused).
     On a clean exit the directory is removed; after an error or interrupt it stays for `--resume`."""
+    if not distributed.is_main():  # several processes: rank 0 keeps the checkpoints
+        yield None
+        return
     if every_seconds is None:
         if resume:
             raise InputError("resume needs checkpoints; do not turn them off", "resume")

@@ -171,22 +171,24 @@ def test_methods_save_and_load_bit_exact(pixart_calibrated, tmp_path, methods):
 
 
 def test_low_rank_improves_the_trained_denoiser():
-    """Trained weights have outlier directions (random ones do not): the branch must pay off there."""
+    """Trained weights have outlier directions (random ones do not): the branch must pay off there, on average
+    over calls across the trajectory (it helps most at low timesteps and costs a little at the highest)."""
     from diffpress.checkpoint import load_pipeline
 
     pipe = load_pipeline("builtin:digits")
     calibration = calibrate(pipe, list(range(10)), steps=5, num_samples=4, batch_size=4, buckets=2,
-                            reservoir_size=1, progress=False)
-    call = calibration.reservoir[1][0].call_kwargs()
+                            reservoir_size=2, progress=False)
+    calls = [entry.call_kwargs() for entry in calibration.entries()]
     with torch.no_grad():
-        reference = pipe.unet(**call).sample
+        references = [pipe.unet(**call).sample for call in calls]
     results = {}
     for rank in (0, 8):
         unet = load_pipeline("builtin:digits").unet
         quantize_model(unet, Recipe(QuantSpec(**W4A8, low_rank=rank)), calibration)
         with torch.no_grad():
-            results[rank] = sqnr_db(reference, unet(**call).sample)
-    assert results[8] > results[0] + 0.25  # measured: 33.83 -> 34.34 dB on this call
+            results[rank] = sum(sqnr_db(ref, unet(**call).sample) for ref, call in zip(references, calls)) / len(calls)
+    # measured over 4 calls (t = 999, 799, 399, 199): 33.25 -> 34.28 dB
+    assert results[8] > results[0] + 0.25
 
 
 def test_captured_inputs_are_the_layer_inputs(pixart_calibrated):

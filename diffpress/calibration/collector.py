@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import DiffpressError
 from .buckets import TimestepBuckets
 from .calibration_set import CalibrationSet
@@ -24,6 +25,7 @@ from .strategies import Strategy
 
 DENOISER_ATTRIBUTES = ("transformer", "unet")
 _SEP = "::"
+CALLS_PER_BATCH = 1 << 20  # call ids: batch * CALLS_PER_BATCH + the call's position in its batch
 
 
 class CalibrationError(DiffpressError):
@@ -60,6 +62,8 @@ class Collector:
         self.signature = inspect.signature(denoiser.forward)
         self.stats: dict[tuple[str, int], ActStats] = {}
         self.timesteps: list[float] = []
+        self.call_ids: list[int] = []  # the id of each recorded call (timesteps[i] is call call_ids[i]'s)
+        self.batch, self.position = 0, 0
         self.result: CalibrationSet | None = None
         self._handles: list = []
         self._current: tuple[float, int] | None = None
@@ -79,15 +83,41 @@ class Collector:
         self._handles.clear()
         self._current = None
         if exc_type is None:
+            if distributed.active():
+                self._merge_ranks()
             self.result = self._build()
+
+    def begin_batch(self, index: int) -> None:
+        """The calls that follow are batch `index`'s (their ids, and so the reservoir's choice, depend on the
+        batch and the position in it, not on which process runs it)."""
+        self.batch, self.position = index, 0
+
+    def _merge_ranks(self) -> None:
+        """Every rank's statistics, timesteps and reservoir pools, merged in rank order on every rank."""
+        pools = {b: [_portable(e) for e in entries] for b, entries in self.reservoir.kept.items()}
+        parts = distributed.gather((self.stats, self.timesteps, self.call_ids, pools, self.reservoir.seen))
+        mine = distributed.rank()
+        for index, (stats, timesteps, call_ids, kept, seen) in enumerate(parts):
+            if index == mine:
+                continue
+            for key, value in stats.items():
+                self.stats[key] = self.stats[key].merge(value) if key in self.stats else value
+            self.timesteps, self.call_ids = self.timesteps + timesteps, self.call_ids + call_ids
+            self.reservoir.merge(kept, seen)
+        ordered = sorted(range(len(self.call_ids)), key=self.call_ids.__getitem__)
+        self.timesteps = [self.timesteps[i] for i in ordered]
+        self.call_ids = [self.call_ids[i] for i in ordered]
 
     def _on_denoiser_call(self, module, args, kwargs):
         arguments = self.signature.bind(*args, **kwargs).arguments
         timestep = timestep_value(arguments.get("timestep"))
         bucket = self.buckets.bucket_of(timestep)
         self._current = (timestep, bucket)
-        self.reservoir.offer(len(self.timesteps), timestep, self.buckets.normalize(timestep), bucket, arguments)
+        call_id = self.batch * CALLS_PER_BATCH + self.position
+        self.position += 1
+        self.reservoir.offer(call_id, timestep, self.buckets.normalize(timestep), bucket, arguments)
         self.timesteps.append(timestep)
+        self.call_ids.append(call_id)
 
     def _on_denoiser_return(self, module, args, output):
         self._current = None
@@ -98,7 +128,7 @@ class Collector:
                 return
             x = args[0]
             timestep, bucket = self._current
-            stats = ActStats.from_input(x, channel_dim)
+            stats = ActStats.from_input(x, channel_dim).cpu()  # kept on the CPU whatever device the call runs on
             if not torch.isfinite(stats.channel_absmax).all():  # NaN and Inf reach the channel maxima
                 raise CalibrationError(f"non-finite values (NaN/Inf) in the input of layer {name!r} "
                                        f"at timestep {timestep:g}")
@@ -118,8 +148,8 @@ class Collector:
             for entry in entries:
                 tensors.update({_SEP.join(("reservoir", str(entry.call_index), name)): t
                                 for name, t in entry.load().tensors.items()})
-        tensors["generator"] = self.reservoir.generator.get_state()
-        meta = {"timesteps": self.timesteps, "kept": kept, "seen": {str(b): n for b, n in self.reservoir.seen.items()}}
+        meta = {"timesteps": self.timesteps, "call_ids": self.call_ids, "kept": kept,
+                "seen": {str(b): n for b, n in self.reservoir.seen.items()}}
         return tensors, meta
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -135,11 +165,11 @@ class Collector:
                 calls.setdefault(int(call), {})[name] = tensor
         self.stats = {key: ActStats.from_tensors(fields) for key, fields in grouped.items()}
         self.timesteps = list(meta["timesteps"])
+        self.call_ids = list(meta.get("call_ids", range(len(self.timesteps))))
         self.reservoir.kept = {int(b): [ReservoirEntry(h["call_index"], h["timestep"], h["bucket"],
                                                        calls.get(h["call_index"], {}), h["static"]) for h in headers]
                                for b, headers in meta["kept"].items()}
         self.reservoir.seen = {int(b): n for b, n in meta["seen"].items()}
-        self.reservoir.generator.set_state(tensors["generator"])
 
     def _build(self) -> CalibrationSet:
         if not self.timesteps:
@@ -147,6 +177,11 @@ class Collector:
         return CalibrationSet(self.buckets, self.stats, self.timesteps, self.reservoir.finalize(),
                               {"strategy": self.strategy.name.value, "seed": self.seed,
                                "denoiser": type(self.denoiser).__name__})
+
+
+def _portable(entry: ReservoirEntry) -> ReservoirEntry:
+    """The entry with its tensors in memory (a spilled one read back), to send to another process."""
+    return ReservoirEntry(entry.call_index, entry.timestep, entry.bucket, dict(entry.load().tensors), entry.static)
 
 
 def timestep_value(timestep) -> float:

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .. import resume
+from .. import distributed, resume
 from ..errors import DiffpressError, InputError
 from .buckets import TimestepBuckets
 from .calibration_set import CalibrationSet
@@ -98,13 +98,16 @@ def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs
     size = options.batch_size
     batches = [list(range(start, min(start + size, total))) for start in range(0, total, size)]
     # delay: no bar for a run that fails (or finishes) within a second, so an early error stays one line
-    checkpoints = resume.stage("calibration")
+    # several processes: no snapshots (one rank's state is not the run's); resume is for single-process runs
+    checkpoints = resume.stage("calibration") if not distributed.active() else resume.StageCheckpoints(None)
     start = _restore(collector, checkpoints, options)
-    with tqdm(total=total, desc="calibrate", unit="sample", disable=not progress, delay=1.0,
-              initial=sum(len(batch) for batch in batches[:start])) as bar:
+    mine = [index for index in range(len(batches)) if distributed.mine(index)]  # all of them in one process
+    with tqdm(total=sum(len(batches[i]) for i in mine), desc="calibrate", unit="sample", disable=not progress,
+              delay=1.0, initial=sum(len(batches[i]) for i in mine if i < start)) as bar:
         for index, batch in enumerate(batches):
-            if index < start:
+            if index < start or index not in mine:
                 continue
+            collector.begin_batch(index)
             chunk = [items[i % len(items)] for i in batch]
             generator = torch.Generator().manual_seed(options.seed + index)
             if index == 0:
@@ -112,7 +115,7 @@ def _run_pipeline(pipe, options: CalibrationOptions, progress: bool, pipe_kwargs
             else:
                 _call(pipe, chunk, options.steps, generator, pipe_kwargs)
             bar.update(len(batch))
-            if index + 1 == len(batches) or checkpoints.snapshot_due():
+            if index == mine[-1] or checkpoints.snapshot_due():
                 tensors, meta = collector.state()
                 checkpoints.write_snapshot(tensors, {**meta, "next_batch": index + 1, "options": repr(options)})
 

@@ -7,6 +7,7 @@ as safetensors shards and only their paths stay in memory.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,46 +41,70 @@ class ReservoirEntry:
 
 
 def split_arguments(arguments: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensor arguments (cloned) and JSON-able others; anything else (callables, dicts of tensors) is dropped."""
+    """Tensor arguments (copied to the CPU: a reservoir never holds device memory) and JSON-able others;
+    anything else (callables, dicts of tensors) is dropped."""
     tensors, static = {}, {}
     for name, value in arguments.items():
         if isinstance(value, torch.Tensor):
-            tensors[name] = value.detach().clone().contiguous()
+            tensors[name] = value.detach().to("cpu", copy=True).contiguous()
         elif value is None or isinstance(value, (bool, int, float, str)):
             static[name] = value
     return tensors, static
 
 
+def selection_key(seed: int, call_index: int, purpose: str) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, call, purpose): which process saw the call, and
+    in what order, does not change it."""
+    digest = hashlib.blake2b(f"{seed}/{call_index}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2 ** 64
+
+
 class Reservoir:
-    """Per-bucket bounded sample of calls, chosen by a Strategy with a seeded generator."""
+    """Per-bucket bounded sample of calls, chosen by a Strategy: a call is a candidate with the strategy's
+    probability for its timestep (decided by a key of the call), and each bucket keeps the `pool_size`
+    candidates with the smallest keep-keys -- a uniform sample of the candidates, and one that merges
+    exactly: the pool of two runs' pools is the pool of the combined run (`merge`)."""
 
     def __init__(self, size: int, strategy: Strategy, seed: int, spill_dir: Path | None = None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InputError(f"reservoir_size must be an integer >= 0, got {size!r}", "reservoir_size")
-        self.size, self.strategy, self.spill_dir = size, strategy, spill_dir
-        self.generator = torch.Generator().manual_seed(seed)
+        self.size, self.strategy, self.spill_dir, self.seed = size, strategy, spill_dir, seed
         self.kept: dict[int, list[ReservoirEntry]] = {}
         self.seen: dict[int, int] = {}
         if spill_dir is not None:
             Path(spill_dir).mkdir(parents=True, exist_ok=True)
 
-    def _uniform(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+    def keep_key(self, entry: ReservoirEntry) -> float:
+        return selection_key(self.seed, entry.call_index, "keep")
 
     def offer(self, call_index: int, timestep: float, t_normalized: float, bucket: int, arguments: dict) -> None:
         """Consider one call; `arguments` are only copied if the call is kept."""
-        if self.size == 0 or self._uniform() >= self.strategy.candidate_probability(t_normalized):
+        candidate = selection_key(self.seed, call_index, "candidate")
+        if self.size == 0 or candidate >= self.strategy.candidate_probability(t_normalized):
             return
         capacity = self.strategy.pool_size(self.size)
-        seen = self.seen[bucket] = self.seen.get(bucket, 0) + 1
+        self.seen[bucket] = self.seen.get(bucket, 0) + 1
         kept = self.kept.setdefault(bucket, [])
         if len(kept) < capacity:
             kept.append(self._entry(call_index, timestep, bucket, arguments))
             return
-        slot = int(self._uniform() * seen)  # Algorithm R: keep with probability capacity / seen
-        if slot < capacity:
-            self._discard(kept[slot])
-            kept[slot] = self._entry(call_index, timestep, bucket, arguments)
+        worst = max(range(len(kept)), key=lambda i: self.keep_key(kept[i]))
+        if selection_key(self.seed, call_index, "keep") < self.keep_key(kept[worst]):
+            self._discard(kept[worst])
+            kept[worst] = self._entry(call_index, timestep, bucket, arguments)
+
+    def merge(self, kept: dict[int, list[ReservoirEntry]], seen: dict[int, int]) -> None:
+        """Take another run's pools (entries with their tensors) and counts: per bucket, the pool_size entries
+        with the smallest keep-keys of both."""
+        capacity = self.strategy.pool_size(self.size)
+        for bucket, entries in kept.items():
+            pool = self.kept.get(bucket, []) + list(entries)
+            pool.sort(key=self.keep_key)
+            for dropped in pool[capacity:]:
+                self._discard(dropped)
+            self.kept[bucket] = pool[:capacity]
+        for bucket, count in seen.items():
+            self.seen[bucket] = self.seen.get(bucket, 0) + count
 
     def _entry(self, call_index, timestep, bucket, arguments) -> ReservoirEntry:
         tensors, static = split_arguments(arguments)
@@ -99,6 +124,7 @@ class Reservoir:
         """The kept entries per bucket, in call order (EDA-DM selection applied here)."""
         result = {}
         for bucket, entries in sorted(self.kept.items()):
+            entries = sorted(entries, key=lambda e: e.call_index)  # EDA's greedy choice reads them in call order
             if self.strategy.name is StrategyName.EDA and len(entries) > self.size:
                 entries = self._eda(entries)
             result[bucket] = sorted(entries, key=lambda e: e.call_index)

@@ -45,6 +45,9 @@ class ActStats:
                    channel_min.min(), channel_max.max(), hist.to(torch.int64),
                    torch.tensor(x.numel() // x.shape[dim], dtype=torch.int64))
 
+    def cpu(self) -> "ActStats":
+        return ActStats(*(getattr(self, f.name).cpu() for f in fields(self)))
+
     def merge(self, other: "ActStats") -> "ActStats":
         return ActStats(torch.maximum(self.channel_absmax, other.channel_absmax),
                         self.channel_sumsq + other.channel_sumsq, torch.minimum(self.tensor_min, other.tensor_min),

@@ -1,7 +1,8 @@
 """Timestep sampling strategies: which (sample, step) denoiser calls enter the input reservoir.
 
 Each bucket keeps at most `size` calls. A strategy sees every call's normalized timestep
-t in [0, 1] and decides, with a seeded generator, whether it is a candidate:
+t in [0, 1] and decides, with a seeded key of the call (`reservoir.selection_key`), whether it is a
+candidate:
 
 - `uniform` (Q-Diffusion): every call is a candidate; reservoir sampling keeps a uniform random
   subset of each bucket's calls, so every denoising step is equally likely to be kept.

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     options.add_model(parser, "pipeline directory or builtin:NAME")
     options.add_output(parser, "FILE", "calibration file to write (.safetensors)", "replace FILE if it exists")
     options.add_quiet(parser)
+    options.add_device(parser)
     options.add_calibration(parser, "calibration")
     parser.set_defaults(handler=run)
 
@@ -35,7 +36,8 @@ def run(args) -> int:
                          "writes one: give --out only", "calibration")
     started = time.perf_counter()
     calibration = calibrate(args.model, options=options.calibration_options(args), out=args.out,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet, device=args.device,
+                            compute_dtype=args.compute_dtype)
     kept = sum(len(entries) for entries in calibration.reservoir.values())
     print(f"calibrated {len(calibration.layers)} layers over {len(calibration.timesteps)} denoiser calls "
           f"in {len(calibration.reservoir) or calibration.buckets.num_buckets} timestep buckets; "

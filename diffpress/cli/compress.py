@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     options.add_plan(parser, mixed=True)
     options.add_output(parser, "DIR", "output directory (written atomically)", "replace DIR if it exists")
     options.add_quiet(parser)
+    options.add_device(parser)
     options.add_resume(parser)
     parser.add_argument("--eval", action="store_true",
                         help="after saving, run 'diffpress eval' on the result with default settings "
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
                         help="with --stream: largest output shard in MiB (default 2048)")
     options.add_calibration(parser, "calibration (used only when the plan's methods need data)")
     add_rounding(parser)
+    add_capture(parser)
     options.add_budget(parser)
     parser.set_defaults(handler=run)
 
@@ -65,6 +67,25 @@ def add_rounding(parser) -> None:
                             "best codes seen")
 
 
+def add_capture(parser) -> None:
+    from ..api import CaptureOptions
+
+    default = CaptureOptions()
+    group = parser.add_argument_group("layer inputs (smoothing search, learned rounding, GPTQ)")
+    group.add_argument("--inputs-from", choices=["float", "quantized"], default=default.inputs_from.value,
+                       help="capture each layer's calibration inputs from the float model (default) or from the "
+                            "model with the earlier block groups already quantized (sequential)")
+    group.add_argument("--capture-memory", type=options.integer(1), default=default.max_bytes >> 20, metavar="MB",
+                       help="captured inputs held at once; blocks are captured in groups within it (default "
+                            f"{default.max_bytes >> 20})")
+
+
+def capture_of(args):
+    from ..api import CaptureOptions
+
+    return CaptureOptions(args.inputs_from, args.capture_memory << 20)
+
+
 def rounding_of(args):
     from ..api import RoundingOptions
 
@@ -75,7 +96,8 @@ def run(args) -> int:
     result = compress(args.model, options.plan_of(args), args.out, calibration=options.calibration_source(args),
                       overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
                       checkpoint_every=args.checkpoint_every, stream=args.stream,
-                      shard_bytes=args.shard_size << 20 if args.shard_size else None, rounding=rounding_of(args))
+                      shard_bytes=args.shard_size << 20 if args.shard_size else None, rounding=rounding_of(args),
+                      device=args.device, compute_dtype=args.compute_dtype, capture=capture_of(args))
     print_compression(result, f"preset {args.preset}" if args.preset else f"recipe {args.recipe}")
     if args.eval:
         print_eval(evaluate(args.model, result.out, progress=not args.quiet), grid_beside(result.out))

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     _quiet_libraries()
+    _quiet_other_ranks(args)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # cleaned up like Ctrl-C: nothing partial is left
     try:
         return args.handler(args)
@@ -75,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _quiet_other_ranks(args) -> None:
+    """Under torchrun every rank runs the command; rank 0 prints and writes, the others work silently."""
+    from ..api import other_rank
+
+    if other_rank():
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")
 
 
 def _resumable(args) -> bool:

@@ -136,6 +136,19 @@ def add_resume(parser) -> None:
                             "step); finished layers are kept as they are done")
 
 
+def add_device(parser, compute_dtype: bool = True) -> None:
+    from ..api import COMPUTE_DTYPES
+
+    group = parser.add_argument_group("where it computes")
+    group.add_argument("--device", default=None, metavar="DEV",
+                       help="cpu, cuda or cuda:N (default: the first CUDA device if there is one, else cpu); the "
+                            "model stays in host memory and moves to the device one block at a time")
+    if compute_dtype:
+        group.add_argument("--compute-dtype", default=None, choices=["stored", *COMPUTE_DTYPES], metavar="DTYPE",
+                           help="dtype of the denoiser's calls on the device: stored (default: the checkpoint's "
+                                "own), " + ", ".join(COMPUTE_DTYPES) + "; the saved model keeps its stored dtype")
+
+
 def add_quiet(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
 

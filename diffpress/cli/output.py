@@ -28,7 +28,8 @@ def print_compression(result, plan_label: str) -> None:
         print(f"  kept in high precision: {fqn:<50} ({reason})")
     ratio = result.bytes_before / max(result.bytes_after, 1)
     print(f"weights: {format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)} ({ratio:.2f}x smaller)")
-    print(f"saved {result.out} in {result.seconds:.1f} s")
+    where = f" (computed on {result.placement.describe()})" if result.placement is not None else ""
+    print(f"saved {result.out} in {result.seconds:.1f} s{where}")
 
 
 def print_pruning(outcome) -> None:

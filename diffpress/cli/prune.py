@@ -42,6 +42,7 @@ def register(subparsers) -> None:
                              "(default global)")
     options.add_output(parser, "DIR", "output directory (written atomically)", "replace DIR if it exists")
     options.add_quiet(parser)
+    options.add_device(parser, compute_dtype=False)
     options.add_resume(parser)
     parser.add_argument("--eval", action="store_true", help="after saving, run 'diffpress eval' on the result")
     learn = parser.add_argument_group("mask learning (method learned)")
@@ -80,7 +81,7 @@ def run(args) -> int:
                     recover_learning_rate=args.recover_learning_rate,
                     scope=args.scope, steps=args.prune_steps, guidance_scale=args.guidance_scale, learn=learn,
                     calibration=options.calibration_source(args), overwrite=args.overwrite, progress=not args.quiet,
-                    resume=args.resume, checkpoint_every=args.checkpoint_every)
+                    resume=args.resume, checkpoint_every=args.checkpoint_every, device=args.device)
     print_pruning(outcome)
     if args.eval:
         print_eval(evaluate(args.model, outcome.out, progress=not args.quiet), grid_beside(outcome.out))

@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     options.add_model(parser)
     options.add_output(parser, "DIR", "report directory (written atomically)", "replace DIR if it is not empty")
     options.add_quiet(parser)
+    options.add_device(parser)
     options.add_resume(parser)
     measurement = parser.add_argument_group("measurement")
     options.add_measurement(measurement, SensitivityOptions)
@@ -45,6 +46,7 @@ def run(args) -> int:
     sensitivity(args.model, options.calibration_source(args), options.sensitivity_options(args, not args.quiet),
                 image_samples=args.image_samples, image_steps=args.image_steps, out=args.out,
                 overwrite=args.overwrite, avg_bits=args.avg_bits, top_k=args.top_k, progress=not args.quiet,
-                resume=args.resume, checkpoint_every=args.checkpoint_every)
+                resume=args.resume, checkpoint_every=args.checkpoint_every, device=args.device,
+                compute_dtype=args.compute_dtype)
     print(f"wrote {args.out}/report.html, report.md, report.json and recipe.yaml")
     return 0

@@ -15,7 +15,7 @@ rounding penalty with Adam. Inputs are the float model's (no error accumulation 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
 from ..errors import InputError
+from .. import placement
 from ..kernels import reference
 from ..kernels.layout import PackedWeight
 from ..recipe import QuantSpec
@@ -45,6 +46,13 @@ class PreparedLayer:
     low_rank: tuple[torch.Tensor, torch.Tensor] | None  # (down, up)
     act_split: int | None = None
     rotation: torch.Tensor | None = None  # signs of the input rotation (compression.rotation)
+
+    def to(self, device) -> "PreparedLayer":
+        """The same plan with its tensors on `device` (the module stays where it is)."""
+        move = lambda t: t.to(device) if t is not None else None
+        low_rank = tuple(t.to(device) for t in self.low_rank) if self.low_rank is not None else None
+        return replace(self, weight=self.weight.to(device), nearest=self.nearest.to(device),
+                       factors=move(self.factors), low_rank=low_rank, rotation=move(self.rotation))
 
 
 def find_blocks(denoiser: nn.Module, layers: list[str]) -> dict[str, list[str]]:
@@ -113,10 +121,12 @@ def _reservoir_calls(calibration: CalibrationSet, max_calls: int) -> list[dict]:
 def _record_block_calls(denoiser: nn.Module, blocks: list[str], calls: list[dict]) -> dict[str, list[tuple]]:
     """block -> (args, kwargs, float output) of each of its calls, all blocks in one replay of the calls.
 
-    Memory: every block's inputs and outputs for `max_calls` calls; lower max_calls for large models.
+    Memory: every block's inputs and outputs for `max_calls` calls, on the CPU (a block's move to the device
+    when it is fitted); lower max_calls for large models.
     """
     recorded: dict[str, list[tuple]] = {name: [] for name in blocks}
-    detach = lambda tree: tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, tree)
+    detach = lambda tree: tree_map(lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t,
+                                   tree)
 
     def hook_for(name):
         def hook(module, args, kwargs, output):
@@ -130,29 +140,35 @@ def _record_block_calls(denoiser: nn.Module, blocks: list[str], calls: list[dict
 
 def _fit_block(block: nn.Module, prepared: dict[str, PreparedLayer], block_name: str, recorded: list[tuple],
                iterations: int, regularization: float, learning_rate: float, seed: int) -> dict[str, PackedWeight]:
+    """The block's learned codes. The block (and its layers' plans) stay on the device while it is fitted: the
+    backward pass reads the weights the forward pass used."""
     relative = {name: name[len(block_name) + 1:] for name in prepared}
-    soft = {name: _SoftQuantized(layer) for name, layer in prepared.items()}
+    device = placement.current().device
     frozen = {parameter: parameter.requires_grad for parameter in block.parameters()}  # only V is trained
     for parameter in frozen:
         parameter.requires_grad_(False)
     try:
-        with swapped(block, {relative[name]: module for name, module in soft.items()}):
-            _optimize(block, list(soft.values()), recorded, iterations, regularization, learning_rate, seed)
+        with placement.materialized(block):
+            soft = {name: _SoftQuantized(layer.to(device)) for name, layer in prepared.items()}
+            with swapped(block, {relative[name]: module for name, module in soft.items()}):
+                _optimize(block, list(soft.values()), recorded, iterations, regularization, learning_rate, seed)
     finally:
         for parameter, requires_grad in frozen.items():
             parameter.requires_grad_(requires_grad)
-    return {name: module.rounding.packed() for name, module in soft.items()}
+    return {name: module.rounding.packed().to("cpu") for name, module in soft.items()}
 
 
 def _optimize(block, soft_layers, recorded, iterations, regularization, learning_rate, seed) -> None:
     variables = [layer.rounding.variable for layer in soft_layers]
     optimizer = torch.optim.Adam(variables, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    targets = [[t.float() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)] for _, _, output in recorded]
+    on_device = placement.current().cast
+    targets = [[on_device(t).float() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+               for _, _, output in recorded]
     powers = [sum(float(t.square().mean()) for t in target) or 1e-20 for target in targets]
     for iteration in range(iterations):
         index = int(torch.randint(len(recorded), (1,), generator=generator))
-        args, kwargs, _ = recorded[index]
+        args, kwargs = tree_map(lambda t: on_device(t) if isinstance(t, torch.Tensor) else t, recorded[index][:2])
         outputs = [t for t in tree_flatten(block(*args, **kwargs))[0] if isinstance(t, torch.Tensor)]
         error = sum((o.float() - t).square().mean() for o, t in zip(outputs, targets[index])) / powers[index]
         beta = beta_schedule(iteration, iterations)

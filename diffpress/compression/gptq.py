@@ -39,10 +39,12 @@ def inverse_hessian_factor(inputs: torch.Tensor, damping: float) -> tuple[torch.
     hessian = rows.T @ rows / max(1, rows.shape[0])
     dead = torch.diagonal(hessian) == 0
     hessian[dead, dead] = 1.0
-    hessian += damping * torch.diagonal(hessian).mean() * torch.eye(len(hessian), dtype=hessian.dtype)
-    try:
+    hessian += damping * torch.diagonal(hessian).mean() * torch.eye(len(hessian), dtype=hessian.dtype, device=hessian.device)
+    try:  # at most two K x K float64 matrices alive at once (4.2 GB each for a 23040-column conv)
         lower = torch.linalg.cholesky(hessian)
+        del hessian
         inverse = torch.cholesky_inverse(lower)
+        del lower
         return torch.linalg.cholesky(inverse, upper=True), dead
     except torch.linalg.LinAlgError:
         raise NumericError("GPTQ: the input Hessian is not positive definite even after damping; raise the "
@@ -56,19 +58,19 @@ def gptq_rounding(weight: torch.Tensor, scales: torch.Tensor, packed_like: Packe
     chosen by GPTQ on the input rows `inputs` (M, K)."""
     shape = tuple(weight.shape)
     rows = inputs.reshape(-1, shape[1]).double()
-    order = torch.argsort(rows.square().sum(0), descending=True) if act_order else torch.arange(shape[1])
+    order = torch.argsort(rows.square().sum(0), descending=True) if act_order else torch.arange(shape[1], device=rows.device)
     factor, dead = inverse_hessian_factor(rows[:, order], damping)
     work = weight.detach().double()[:, order].clone()
     work[:, dead] = 0.0
     full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, shape).expand(shape)
     scale_columns = full_scales.double()[:, order]
-    offsets = torch.as_tensor(zero_point_offsets(packed_like)).double().expand(shape)  # asymmetric formats
+    offsets = torch.as_tensor(zero_point_offsets(packed_like), device=work.device).double().expand(shape)  # asymmetric
     offset_columns = offsets[:, order]
-    grid = grid_values(packed_like.format).double()
+    grid = grid_values(packed_like.format).double().to(work.device)
     chosen = torch.empty_like(work)
     for start in range(0, shape[1], block_size):
         end = min(start + block_size, shape[1])
-        block, errors = work[:, start:end].clone(), torch.empty(shape[0], end - start, dtype=work.dtype)
+        block, errors = work[:, start:end].clone(), torch.empty(shape[0], end - start, dtype=work.dtype, device=work.device)
         for j in range(end - start):
             column, scale, offset = block[:, j], scale_columns[:, start + j], offset_columns[:, start + j]
             quantized = nearest_on_grid(column / scale + offset, grid)

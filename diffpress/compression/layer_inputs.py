@@ -10,13 +10,80 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
-from ..errors import InputError
+from ..errors import InputError, require_int
+
+
+class InputsFrom(str, Enum):
+    """Whose outputs a layer's captured inputs are: the float model's, or the model with every layer group
+    before it already quantized (errors of earlier layers are then visible to the later layers' fits)."""
+
+    FLOAT = "float"
+    QUANTIZED = "quantized"
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How layer inputs are captured for the per-layer methods. Layers are taken block by block (the offload
+    units of diffpress.placement) in groups whose captured rows fit in `max_bytes`; each group replays the
+    calibration reservoir once. inputs_from: InputsFrom (with `quantized`, a group's layers are put in place
+    before the next group is captured)."""
+
+    inputs_from: InputsFrom = InputsFrom.FLOAT
+    max_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "inputs_from", InputsFrom(self.inputs_from))
+        except ValueError:
+            raise InputError(f"inputs_from must be one of {', '.join(m.value for m in InputsFrom)}, got "
+                             f"{self.inputs_from!r}", "inputs_from") from None
+        require_int(self.max_bytes, "capture max_bytes", 1)
+
+
+def capture_bytes(module: nn.Module, max_rows: int) -> int:
+    """What capturing `max_rows` input rows of this layer holds: rows (M, K) plus channel samples (M, C)."""
+    channels = module.weight.shape[1]
+    patch = module.kernel_size[0] * module.kernel_size[1] if isinstance(module, nn.Conv2d) else 1
+    return max_rows * channels * (patch + 1) * 4
+
+
+def capture_groups(denoiser: nn.Module, layers: list[str], wanted: set[str], max_rows: int,
+                   max_bytes: int) -> list[list[str]]:
+    """`layers` (in order) split into groups of whole blocks whose captured inputs fit in `max_bytes` (a block
+    larger than that is a group of its own); layers outside every block are blocks of one."""
+    from ..placement import offload_units
+
+    units, _ = offload_units(denoiser)
+    owner = {}
+    names = {id(m): name for name, m in denoiser.named_modules()}
+    for unit in units:
+        prefix = names[id(unit)] + "."
+        for layer in layers:
+            if layer.startswith(prefix):
+                owner.setdefault(layer, prefix)
+    groups: list[list[str]] = []
+    current_bytes, current_block = 0, None
+    for layer in layers:
+        block = owner.get(layer, layer)
+        cost = capture_bytes(denoiser.get_submodule(layer), max_rows) if layer in wanted else 0
+        if groups and block == current_block:
+            groups[-1].append(layer)
+            current_bytes += cost
+            continue
+        if not groups or (current_bytes + cost > max_bytes and current_bytes > 0):
+            groups.append([])
+            current_bytes = 0
+        groups[-1].append(layer)
+        current_bytes += cost
+        current_block = block
+    return groups
 
 
 @dataclass
@@ -24,9 +91,12 @@ class LayerInputs:
     rows: torch.Tensor  # (M, K): what the layer's matmul sees (im2col rows for convs), float32
     channels: torch.Tensor  # (M', C): inputs per input channel (tokens or pixels), float32
 
+    def to(self, device) -> "LayerInputs":
+        return LayerInputs(self.rows.to(device), self.channels.to(device))
+
 
 def _rows_of(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.detach().float()
+    x = x.detach().float()  # on the device the call runs on; the caller keeps a CPU sample
     if isinstance(module, nn.Conv2d):
         patches = nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1]), x.movedim(1, -1).reshape(-1, x.shape[1])
@@ -49,7 +119,7 @@ def capture_layer_inputs(denoiser: nn.Module, calibration: CalibrationSet, layer
         def hook(module, args):
             rows, channels = _rows_of(module, args[0])
             pick = lambda t: t[torch.randperm(t.shape[0], generator=generator)[:per_call]]
-            collected[name].append((pick(rows), pick(channels)))
+            collected[name].append((pick(rows).cpu(), pick(channels).cpu()))
         return hook
 
     handles = [denoiser.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in layers]

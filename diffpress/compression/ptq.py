@@ -9,14 +9,15 @@ BOS-aware cross-attention) use what `input_sources` finds by replaying calibrati
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import resume
+from .. import placement, resume
 from ..calibration import CalibrationSet
 from ..errors import InputError
 from ..formats import spec_of
@@ -27,7 +28,7 @@ from ..recipe import ActMode, QuantSpec, Recipe, Rotation, Rounding, layer_scale
 from .block_reconstruction import PreparedLayer, reconstruct_blocks
 from .gptq import gptq_rounding
 from .input_sources import find_concat_splits, find_constant_first_tokens
-from .layer_inputs import LayerInputs, capture_layer_inputs
+from .layer_inputs import CaptureOptions, InputsFrom, LayerInputs, capture_groups, capture_layer_inputs
 from .layer_records import layer_record, restore_layer
 from .low_rank import split_low_rank
 from .quantize import quantize_weight
@@ -54,10 +55,12 @@ class LayerContext:
 
 def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: CalibrationSet | None = None,
                    progress: bool = False, rounding: RoundingOptions = RoundingOptions(),
-                   ready: Mapping[str, nn.Module] | None = None) -> QuantizationReport:
+                   ready: Mapping[str, nn.Module] | None = None,
+                   capture: CaptureOptions = CaptureOptions()) -> QuantizationReport:
     """Quantize `denoiser` in place with `recipe`; methods that need data use `calibration`. rounding: the
     iterations, captured rows, batch size and early stopping of learned rounding (iterations also for
-    block reconstruction).
+    block reconstruction). capture: how layer inputs are captured (block groups within a memory budget,
+    from the float or the progressively quantized model).
 
     ready: layers already quantized with exactly their recipe plan (e.g. by a sensitivity run with
     full methods), put in place as they are instead of being quantized again.
@@ -67,31 +70,78 @@ def quantize_model(denoiser: nn.Module, recipe: Recipe, calibration: Calibration
         check_weights(fqn, module)
     wanted = _needs_inputs(plans)
     _check_calibration(calibration, plans, wanted)
-    inputs = capture_layer_inputs(denoiser, calibration, wanted, max_rows=rounding.rows,
-                                  progress=progress) if wanted else {}
     splits, first_tokens = _input_sources(denoiser, calibration, plans)
-    contexts = {fqn: LayerContext(fqn, module, plan, calibration, inputs.get(fqn), splits.get(fqn), first_tokens.get(fqn))
+    contexts = {fqn: LayerContext(fqn, module, plan, calibration, None, splits.get(fqn), first_tokens.get(fqn))
                 for fqn, (module, plan) in plans.items()}
     # a resumed run takes the layers an interrupted one finished from its checkpoints (block reconstruction
     # optimizes layers together, so a plan with block rounding redoes every layer)
     checkpoints = resume.stage("quantize")
     blockwise_plan = any(plan.rounding is Rounding.BLOCK for _, plan in plans.values())
     finished = {fqn for fqn in contexts if checkpoints.has(fqn)} if not blockwise_plan else set()
-    prepared = {fqn: prepare_layer(context) for fqn, context in contexts.items() if fqn not in finished}
-    blockwise = {fqn: layer for fqn, layer in prepared.items() if layer.spec.rounding is Rounding.BLOCK}
+    tracker = attach_tracker(denoiser, calibration.buckets) if _any_static(plans) else None
+    done: dict[str, nn.Module] = {}
+
+    def put(fqn: str, quantized: nn.Module) -> None:
+        quantized.fqn, quantized.timestep_tracker = fqn, tracker
+        done[fqn] = quantized
+        if capture.inputs_from is InputsFrom.QUANTIZED:
+            replace_module(denoiser, fqn, quantized)
+
+    bar = tqdm(total=len(contexts), desc="quantize", unit="layer", disable=not progress)
+    for fqn in finished:
+        put(fqn, restore_layer(contexts[fqn].module, fqn, *checkpoints.load(fqn), checkpoints.directory))
+        bar.update()
+    blockwise: dict[str, PreparedLayer] = {}
+    todo = [fqn for fqn in contexts if fqn not in finished]
+    for group in capture_groups(denoiser, todo, wanted, rounding.rows, capture.max_bytes):
+        capturing = wanted.intersection(group)
+        inputs = capture_layer_inputs(denoiser, calibration, capturing, max_rows=rounding.rows,
+                                      progress=progress and len(todo) == len(group)) if capturing else {}
+        for fqn in group:
+            context = replace(contexts[fqn], inputs=inputs.pop(fqn, None))
+            if context.spec.rounding is Rounding.BLOCK:
+                blockwise[fqn] = _prepared_on_cpu(context)
+                continue
+            put(fqn, _quantized_on_device(context, None, None, rounding))
+            checkpoints.save(fqn, *layer_record(done[fqn]))
+            bar.update()
     block_packed = reconstruct_blocks(denoiser, calibration, blockwise, rounding.iterations,
                                       progress=progress) if blockwise else {}
-    tracker = attach_tracker(denoiser, calibration.buckets) if _any_static(plans) else None
-    for fqn, context in tqdm(contexts.items(), desc="quantize", unit="layer", disable=not progress):
-        if fqn in finished:
-            quantized = restore_layer(context.module, fqn, *checkpoints.load(fqn), checkpoints.directory)
-        else:
-            quantized = finish_layer(context, prepared[fqn], block_packed.get(fqn), rounding)
-            checkpoints.save(fqn, *layer_record(quantized))
-        quantized.fqn, quantized.timestep_tracker = fqn, tracker
-        replace_module(denoiser, fqn, quantized)
+    for fqn, prepared in blockwise.items():
+        put(fqn, _quantized_on_device(contexts[fqn], prepared, block_packed.get(fqn), rounding))
+        bar.update()
+    bar.close()
+    for fqn in contexts:  # in module order
+        if capture.inputs_from is InputsFrom.FLOAT:
+            replace_module(denoiser, fqn, done[fqn])
         report.quantized.append(fqn)
     return report
+
+
+def _quantized_on_device(context: LayerContext, prepared: PreparedLayer | None, block_packed: PackedWeight | None,
+                         rounding: RoundingOptions) -> nn.Module:
+    """One layer prepared (unless block reconstruction did) and finished on the placement's device; the
+    quantized module where the float one lives."""
+    home = context.module.weight.device
+    with layer_on_device(context) as on_device:
+        prepared = prepared.to(placement.current().device) if prepared is not None else prepare_layer(on_device)
+        return finish_layer(on_device, prepared, block_packed, rounding).to(home)
+
+
+@contextmanager
+def layer_on_device(context: LayerContext) -> Iterator[LayerContext]:
+    """The layer's float module (in its stored dtype) and captured inputs on the current placement's device,
+    for one layer's work; the module is back where it was afterwards (what it made, the caller moves home)."""
+    device = placement.current().device
+    with placement.materialized(context.module, placement.Placement(device)):
+        yield replace(context, inputs=context.inputs.to(device) if context.inputs is not None else None,
+                      first_token=placement.to_device(context.first_token))
+
+
+def _prepared_on_cpu(context: LayerContext) -> PreparedLayer:
+    """A block-reconstruction layer's plan, made on the device and kept on the CPU until its block is fitted."""
+    with layer_on_device(context) as on_device:
+        return prepare_layer(on_device).to("cpu")
 
 
 def _plans(denoiser: nn.Module, recipe: Recipe, calibration: CalibrationSet | None,
@@ -176,8 +226,9 @@ def _any_static(plans) -> bool:
 
 
 def quantize_layer(context: LayerContext, rounding: RoundingOptions = RoundingOptions()) -> nn.Module:
-    """One layer through the method pipeline on its own; returns its QuantLinear / QuantConv2d."""
-    return finish_layer(context, prepare_layer(context), None, rounding)
+    """One layer through the method pipeline on its own (on the current placement's device); returns its
+    QuantLinear / QuantConv2d beside the float module (same device)."""
+    return _quantized_on_device(context, None, None, rounding)
 
 
 def prepare_layer(context: LayerContext) -> PreparedLayer:
@@ -204,7 +255,7 @@ def _rotation_and_smoothing(context: LayerContext) -> tuple[torch.Tensor | None,
     signs = layer_signs(context.module, context.act_split)
     if context.spec.rotation is Rotation.HADAMARD:
         return signs, _smoothing(context, signs) if smoothing else None
-    ones = torch.ones(context.module.weight.shape[1])
+    ones = torch.ones(context.module.weight.shape[1], device=context.module.weight.device)
     options = [(candidate, _smoothing(context, candidate) if smoothing else None) for candidate in (None, signs)]
     errors = [_output_error(context, factors if factors is not None else ones, candidate)
               for candidate, factors in options]
@@ -255,7 +306,8 @@ def _flat_weight(module: nn.Module) -> torch.Tensor:
 
 
 def _act_absmax(context: LayerContext) -> torch.Tensor:
-    return context.calibration.merged_over_buckets(context.fqn).channel_absmax
+    """Per input channel max |x| over the calibration run, on the layer's device."""
+    return context.calibration.merged_over_buckets(context.fqn).channel_absmax.to(context.module.weight.device)
 
 
 def _smoothing(context: LayerContext, signs: torch.Tensor | None = None) -> torch.Tensor:
@@ -313,7 +365,7 @@ def static_activation_scales(context: LayerContext, factors: torch.Tensor | None
     qmax = spec_of(context.spec.act_format).qmax
     per_bucket = context.calibration.layer_stats(context.fqn)
     overall = context.calibration.merged_over_buckets(context.fqn)
-    divisor = factors if factors is not None else torch.ones_like(overall.channel_absmax)
+    divisor = factors.cpu() if factors is not None else torch.ones_like(overall.channel_absmax)
     parts = _channel_parts(len(divisor), context.act_split)
     absmax = lambda stats: [float((stats.channel_absmax / divisor)[part].max()) for part in parts]
     scales = [absmax(per_bucket.get(b, overall)) for b in range(context.calibration.buckets.num_buckets)]

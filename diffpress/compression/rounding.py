@@ -46,7 +46,7 @@ class RoundingVariables:
         self.full_scales = expand_scales(scales, packed_like.granularity, packed_like.group_size, self.shape)
         self.offsets = zero_point_offsets(packed_like)  # 0 for symmetric formats
         scaled = weight.float() / self.full_scales + self.offsets
-        self.lower, self.upper = grid_neighbours(scaled, grid_values(packed_like.format))
+        self.lower, self.upper = grid_neighbours(scaled, grid_values(packed_like.format).to(scaled.device))
         self.step = (self.upper - self.lower).clamp_min(1e-12)
         fraction = ((scaled - self.lower) / self.step).clamp(0.01, 0.99)
         self.variable = (-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)).requires_grad_(True)
@@ -58,7 +58,7 @@ class RoundingVariables:
     def penalty(self, beta: float | None) -> torch.Tensor:
         """Pushes every h(V) to 0 or 1 (zero before the warm-up ends)."""
         if beta is None:
-            return torch.zeros(())
+            return torch.zeros((), device=self.variable.device)
         return (1 - (2 * _rectified_sigmoid(self.variable) - 1).abs().pow(beta)).mean()
 
     def packed(self) -> PackedWeight:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -64,6 +64,10 @@ class PackedWeight:
     @property
     def layout(self) -> Layout:
         return layout_for(self.format)
+
+    def to(self, device) -> "PackedWeight":
+        zero_points = self.zero_points.to(device) if self.zero_points is not None else None
+        return replace(self, qdata=self.qdata.to(device), scales=self.scales.to(device), zero_points=zero_points)
 
     @property
     def nbytes(self) -> int:

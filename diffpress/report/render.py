@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import distributed
 from ..compression.allocate import Allocation, allocate, choices_from_report, curve_allocations
 from ..compression.sensitivity.report import SensitivityReport
 from ..plan import Budget, Plan
@@ -38,6 +39,8 @@ def write_report(report: SensitivityReport, out: str | Path, avg_bits: float = 5
                  overwrite: bool = True) -> Path:
     """Write DIR/report.json, report.html, report.md, recipe.yaml (the allocation) and the PNGs, atomically
     (into a hidden sibling directory renamed into place; an existing DIR is replaced only with overwrite)."""
+    if not distributed.is_main():  # several processes: rank 0 writes
+        return Path(out)
     from ..outputs import atomic_directory
 
     data = build(report, avg_bits, top_k)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ... import metrics, resume
+from ... import distributed, metrics, resume
 from ...errors import DiffpressError
 from ...numerics import nonfinite_guard
 from ...presets import candidate
@@ -104,7 +104,9 @@ def image_sensitivity(denoiser: nn.Module, report: SensitivityReport, probe: Ima
     checkpoints = resume.stage("image-sensitivity")  # one record per measured layer
     with tqdm(total=len(chosen) * len(report.candidates), desc="image metric", unit="layer x format",
               disable=not progress) as bar:
-        for fqn in chosen:
+        for index, fqn in enumerate(chosen):
+            if not distributed.mine(index):  # several processes: layer i is rank i % N's
+                continue
             if checkpoints.has(fqn):
                 scores[fqn] = {name: ImageScore(**fields) for name, fields in checkpoints.load(fqn)[1].items()}
                 bar.update(len(report.candidates))
@@ -115,7 +117,7 @@ def image_sensitivity(denoiser: nn.Module, report: SensitivityReport, probe: Ima
                     scores[fqn][name] = image_score(reference, sample(probe, denoiser))
                 bar.update()
             checkpoints.save(fqn, {}, {name: dataclasses.asdict(score) for name, score in scores[fqn].items()})
-    return scores
+    return distributed.merged_dicts(scores, chosen)
 
 
 def measure_choice(denoiser: nn.Module, variants, choice: dict[str, str], probe: ImageProbe,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ... import resume
+from ... import distributed, resume
 from ...calibration import CalibrationSet
 from ...calibration.reservoir import ReservoirEntry
 from ...errors import DiffpressError, InputError
@@ -69,7 +69,9 @@ def output_sensitivity(denoiser: nn.Module, layers, replay: Replay, candidates, 
     checkpoints = resume.stage("output-sensitivity")  # one record per measured layer
     with tqdm(total=len(layers) * len(candidates), desc="sensitivity", unit="layer x format",
               disable=not progress) as bar:
-        for info, _ in layers:
+        for index, (info, _) in enumerate(layers):
+            if not distributed.mine(index):  # several processes: layer i is rank i % N's
+                continue
             if checkpoints.has(info.fqn):
                 result[info.fqn] = checkpoints.load(info.fqn)[1]
                 bar.update(len(candidates))
@@ -81,7 +83,7 @@ def output_sensitivity(denoiser: nn.Module, layers, replay: Replay, candidates, 
                 result[info.fqn][name] = per_bucket_sqnr(replay.reference, outputs, replay.buckets)
                 bar.update()
             checkpoints.save(info.fqn, {}, result[info.fqn])
-    return result
+    return distributed.merged_dicts(result, [info.fqn for info, _ in layers])
 
 
 def per_bucket_sqnr(reference: list[torch.Tensor], outputs: list[torch.Tensor], buckets: list[int]) -> list[float]:
