@@ -42,6 +42,7 @@ _EXPORTS = {
     "PruneStage": "diffpress.prune_stage",
     "LearnOptions": "diffpress.prune_stage",
     "RoundingOptions": "diffpress.compression.rounding",
+    "CaptureOptions": "diffpress.compression.layer_inputs",
     "QuantFormat": "diffpress.formats",
     "Granularity": "diffpress.formats",
     # calibration and sensitivity

@@ -167,3 +167,38 @@ def test_compress_on_the_gpu_matches_the_cpu(tmp_path):
     agreeing = [(a.qdata == b.qdata).float().mean() for (_, a), (_, b) in zip(compressed_layers(cpu),
                                                                               compressed_layers(gpu))]
     assert min(agreeing) > 0.95
+
+
+def test_capture_groups_keep_blocks_whole_within_the_budget():
+    from diffpress.compression.layer_inputs import capture_bytes, capture_groups
+    from diffpress.compression.surgery import compressible_layers
+
+    model, _ = tiny_models.build("unet2d_condition")
+    layers = [fqn for fqn, _ in compressible_layers(model)]
+    budget = 40 * capture_bytes(model.get_submodule(layers[0]), 64)
+    groups = capture_groups(model, layers, set(layers), 64, budget)
+    assert [fqn for group in groups for fqn in group] == layers and len(groups) > 2
+    block = "down_blocks.0.resnets.0."
+    assert len({i for i, group in enumerate(groups) for fqn in group if fqn.startswith(block)}) == 1
+    units = [name for name, m in model.named_modules() if any(m is u for u in offload_units(model)[0])]
+    owner = lambda fqn: max((u for u in units if fqn.startswith(u + ".")), key=len, default=fqn)
+    for group in groups:  # within the budget, or one block larger than it on its own
+        cost = sum(capture_bytes(model.get_submodule(fqn), 64) for fqn in group)
+        assert cost <= budget or len({owner(fqn) for fqn in group}) == 1
+
+
+def test_inputs_from_the_quantized_model_change_only_later_groups():
+    from diffpress.compression.layer_inputs import CaptureOptions
+
+    model, inputs = tiny_models.build("unet2d_condition")
+    calibration = _calibrated(model, inputs)
+    spec = QuantSpec("int4", "per_group", 32, act_format="int8", rounding="gptq")
+    codes = {}
+    for mode in ("float", "quantized"):
+        quantized = copy.deepcopy(model)
+        quantize_model(quantized, Recipe(spec), calibration, capture=CaptureOptions(mode, max_bytes=1))
+        codes[mode] = {fqn: m.qdata for fqn, m in compressed_layers(quantized)}
+    first = next(iter(codes["float"]))
+    assert torch.equal(codes["float"][first], codes["quantized"][first])  # the first group sees float inputs either way
+    changed = [fqn for fqn in codes["float"] if not torch.equal(codes["float"][fqn], codes["quantized"][fqn])]
+    assert changed and first not in changed

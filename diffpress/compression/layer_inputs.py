@@ -68,21 +68,21 @@ def capture_groups(denoiser: nn.Module, layers: list[str], wanted: set[str], max
         for layer in layers:
             if layer.startswith(prefix):
                 owner.setdefault(layer, prefix)
-    groups: list[list[str]] = []
-    current_bytes, current_block = 0, None
+    blocks: list[tuple[list[str], int]] = []  # consecutive layers of one block, with their capture bytes
     for layer in layers:
-        block = owner.get(layer, layer)
         cost = capture_bytes(denoiser.get_submodule(layer), max_rows) if layer in wanted else 0
-        if groups and block == current_block:
-            groups[-1].append(layer)
-            current_bytes += cost
-            continue
+        if blocks and owner.get(layer, layer) == owner.get(blocks[-1][0][-1], blocks[-1][0][-1]):
+            blocks[-1] = (blocks[-1][0] + [layer], blocks[-1][1] + cost)
+        else:
+            blocks.append(([layer], cost))
+    groups: list[list[str]] = []
+    current_bytes = 0
+    for block, cost in blocks:
         if not groups or (current_bytes + cost > max_bytes and current_bytes > 0):
             groups.append([])
             current_bytes = 0
-        groups[-1].append(layer)
+        groups[-1].extend(block)
         current_bytes += cost
-        current_block = block
     return groups
 
 
