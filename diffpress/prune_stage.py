@@ -60,18 +60,63 @@ class GateKind(str, enum.Enum):
     SIGMOID = "sigmoid"
 
 
+class LearnObjective(str, enum.Enum):
+    """What a learned mask is fitted on: the final latent of whole sampling trajectories against the float
+    model's (trajectory), or the denoiser's output on replayed calibration calls (replay)."""
+
+    TRAJECTORY = "trajectory"
+    REPLAY = "replay"
+
+
+class DepthPattern(str, enum.Enum):
+    """Which sets of blocks the learned depth mask draws: any `remove_blocks` of them (free), or TinyFusion's
+    local N:M groups per block class (nm)."""
+
+    FREE = "free"
+    NM = "nm"
+
+
+class DepthInit(str, enum.Enum):
+    """Where the free depth logits start: the blocks' single-removal losses (oneshot) or all equal (uniform)."""
+
+    ONESHOT = "oneshot"
+    UNIFORM = "uniform"
+
+
+class BudgetControl(str, enum.Enum):
+    """How mask learning holds the budget: `projected` shifts every logit by one constant after each step so
+    the expected kept fraction equals the budget of the moment, which falls from 1 to the target over the
+    first `warmup` of the iterations (cubic, as gradual pruning schedules do) and then stays: no weight to
+    tune, and the mask is fitted at the target it will be cut to; `penalty` adds
+    penalty * relu(expected kept fraction - target), its weight ramped in over `warmup`."""
+
+    PROJECTED = "projected"
+    PENALTY = "penalty"
+
+
 @dataclass(frozen=True)
 class LearnOptions:
     """Mask learning: `iterations` optimizer steps, each one trajectory batch of `batch_size` items, over
-    `samples` distinct (item, seed) targets; Adam at `learning_rate` on the gate logits; budget penalty
-    weight `penalty`, ramped in over the first `warmup` fraction of the iterations."""
+    `samples` distinct (item, seed) targets; Adam at `learning_rate` on the gate logits; the budget held by
+    `control` (projected, or a penalty of weight `penalty` ramped in over the first `warmup` fraction of the
+    iterations); `step_loss` weighs a per-step term (the gated denoiser's output on the float trajectory's
+    calls against the float output) beside the final-latent loss (0: final latent only); `objective`: the
+    sampling trajectory or replayed calibration calls. Learned depth (unit blocks) also reads
+    `depth_pattern`, `depth_init` and `lora_rank` / `lora_learning_rate` (see pruning/depth_learn.py)."""
 
     iterations: int = 100
     batch_size: int = 4
     samples: int = 32
     learning_rate: float = 0.1
+    control: BudgetControl = BudgetControl.PROJECTED
     penalty: float = 5.0
-    warmup: float = 0.1
+    warmup: float | None = None  # default: 0.5 projected, 0.1 penalty
+    step_loss: float = 0.0
+    objective: LearnObjective | None = None  # default: trajectory for width, replay for blocks
+    depth_pattern: DepthPattern = DepthPattern.FREE  # blocks only
+    depth_init: DepthInit = DepthInit.ONESHOT  # blocks only, free pattern
+    lora_rank: int = 0  # blocks only: LoRA adapters co-trained with the depth mask (0: none)
+    lora_learning_rate: float = 1e-3
     gate: GateKind = GateKind.HARD_CONCRETE
     init_logit: float = 3.0
     checkpoint_steps: bool = True
@@ -81,15 +126,27 @@ class LearnOptions:
         require_int(self.iterations, "iterations", 1)
         require_int(self.batch_size, "batch_size", 1)
         require_int(self.samples, "samples", 1)
-        try:
-            object.__setattr__(self, "gate", GateKind(self.gate))
-        except ValueError:
-            raise InputError(f"gate {self.gate!r} is not one of: {', '.join(g.value for g in GateKind)}",
-                             "gate") from None
-        for name in ("learning_rate", "penalty"):
+        require_int(self.lora_rank, "lora_rank", 0)
+        for name, kind in (("gate", GateKind), ("control", BudgetControl), ("objective", LearnObjective),
+                           ("depth_pattern", DepthPattern), ("depth_init", DepthInit)):
+            if getattr(self, name) is None:
+                continue
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                raise InputError(f"{name} {getattr(self, name)!r} is not one of: {', '.join(k.value for k in kind)}",
+                                 name) from None
+        for name in ("learning_rate", "penalty", "lora_learning_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InputError(f"{name} must be a positive number, got {value!r}", name)
+        if self.warmup is None:
+            object.__setattr__(self, "warmup", 0.5 if self.control is BudgetControl.PROJECTED else 0.1)
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup <= 1:
+            raise InputError(f"warmup must be a fraction in [0, 1], got {self.warmup!r}", "warmup")
+        value = self.step_loss
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise InputError(f"step_loss must be a number >= 0, got {value!r}", "step_loss")
 
 
 def check_target(target, cost: Cost) -> None:

@@ -22,7 +22,7 @@ from .compression.sensitivity.report import SensitivityReport
 from .compression.sensitivity.variants import LayerVariants
 from .errors import InputError
 from .plan import MixedPrecision
-from .prune_stage import NEEDS_CALIBRATION, Cost, Method, PruneStage, Unit
+from .prune_stage import NEEDS_CALIBRATION, Cost, LearnObjective, Method, PruneStage, Unit
 from .recipe import Recipe
 from .subject import Subject
 
@@ -109,15 +109,21 @@ def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bo
     from .pruning import prune_denoiser
 
     pipe = None
+    learned = stage.method is Method.LEARNED
+    objective = stage.learn.objective or (LearnObjective.TRAJECTORY if stage.unit is Unit.WIDTH
+                                          else LearnObjective.REPLAY)
     if subject.has_pipeline:
         pipe = subject.pipeline("pruning")
-    elif stage.method is Method.LEARNED and stage.unit is Unit.WIDTH:
+    elif learned and objective is LearnObjective.TRAJECTORY:
         subject.pipeline("the learned mask samples the model's pipeline",
-                         ": use --method taylor|activation|magnitude|random with --calibration FILE")
+                         ": use learn objective replay, or --method taylor|activation|magnitude|random, with "
+                         "--calibration FILE")
     options = calibration if isinstance(calibration, CalibrationOptions) else CalibrationOptions()
     calibration_set = None
     blocks = stage.unit is Unit.BLOCKS and stage.method is not Method.RANDOM
-    if stage.method in NEEDS_CALIBRATION or blocks or stage.cost is Cost.LATENCY or stage.recover_steps or pipe is None:
+    replayed = learned and objective is LearnObjective.REPLAY
+    if stage.method in NEEDS_CALIBRATION or blocks or replayed or stage.cost is Cost.LATENCY or stage.recover_steps \
+            or pipe is None:
         calibration_set = subject.calibration_set(calibration, progress)
     steps, guidance = subject.sampling_defaults
     if stage.guidance_scale is None:

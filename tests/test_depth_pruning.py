@@ -15,7 +15,7 @@ from diffpress.pruning import PruneStage, apply_structure
 from diffpress.pruning.blocks import Block, PassThrough, find_blocks, remove_blocks, without
 from diffpress.pruning.depth import additivity, choose_oneshot, choose_random, removal_losses
 from diffpress.pruning.slicing import with_removed_blocks
-from diffpress.prune_stage import Cost, Unit
+from diffpress.prune_stage import Cost, LearnOptions, Unit
 
 EXPECTED = {"unet2d": {"ResnetBlock2D", "Attention"}, "unet2d_condition": {"ResnetBlock2D", "Transformer2DModel"},
             "pixart": {"BasicTransformerBlock"}, "flux": {"FluxTransformerBlock", "FluxSingleTransformerBlock"},
@@ -184,6 +184,19 @@ def test_a_recovered_depth_pruned_model_saves_its_loss_curve(tmp_path):
     assert outcome.result.recovery.output_loss_after == pytest.approx(curve[0]["output_loss_after"])
 
 
+def _pixart_with_an_identity_block(index: int):
+    """A tiny PixArt whose block `index` adds nothing (removing it is free), its calibration and blocks."""
+    model, inputs = build("pixart")
+    identity = model.transformer_blocks[index]
+    with torch.no_grad():
+        for layer in (identity.attn1.to_out[0], identity.attn2.to_out[0], identity.ff.net[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    return model, calibration, find_blocks(model, lambda m: tiny_models.run(m, inputs))
+
+
 def test_learned_depth_groups_spread_removals_and_learn_to_drop_an_identity_block():
     from diffpress.pruning.depth_learn import block_groups, learn_depth
 
@@ -195,18 +208,104 @@ def test_learned_depth_groups_spread_removals_and_learn_to_drop_an_identity_bloc
     with pytest.raises(InputError, match="1 to 9 blocks"):
         block_groups(blocks, 10)
 
-    model, inputs = build("pixart")
-    identity = model.transformer_blocks[0]  # the second combination (keep block 1): untrained logits pick the first
-    with torch.no_grad():  # its attention and feed-forward add nothing: removing it is free
-        for layer in (identity.attn1.to_out[0], identity.attn2.to_out[0], identity.ff.net[-1]):
-            layer.weight.zero_()
-            layer.bias.zero_()
-    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
-                                      buckets=3)
-    found = find_blocks(model, lambda m: tiny_models.run(m, inputs))
-    learned = learn_depth(model, found, 1, calibration, iterations=40, learning_rate=0.1)
+    # the second combination (keep block 1): untrained logits pick the first
+    model, calibration, found = _pixart_with_an_identity_block(0)
+    options = LearnOptions(iterations=40, learning_rate=0.1, depth_pattern="nm")
+    learned = learn_depth(model, found, 1, calibration, options)
     assert [b.name for b in learned.removed] == ["transformer_blocks.0"]
     assert learned.probabilities[0][1] > 0.5
+
+
+def test_free_depth_gates_draw_exactly_the_removal_count_with_a_gradient():
+    from diffpress.pruning.depth_learn import FreeDepthGates
+
+    blocks = [Block(f"b{i}", "A", 1, ["x"], ["x"], "tensor") for i in range(6)]
+    gates = FreeDepthGates(blocks, 2, torch.tensor([0.0, 3.0, 0.0, 2.0, 0.0, 0.0]))
+    generator = torch.Generator().manual_seed(0)
+    for tau in (4.0, 0.1):
+        drawn = gates.sample(generator, tau)
+        values = torch.stack([drawn[b.name] for b in blocks])
+        assert sorted(values.detach().tolist()) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # hard: 2 removed
+        (values * torch.arange(6.0)).sum().backward()  # (a plain sum is R whatever the draw)
+        assert gates.logits.grad is not None and gates.logits.grad.abs().sum() > 0
+        gates.logits.grad = None
+    assert [b.name for b in gates.chosen()] == ["b1", "b3"]
+    with pytest.raises(InputError, match="removes 1 to 5"):
+        FreeDepthGates(blocks, 6)
+
+
+@pytest.mark.parametrize("init", ["uniform", "oneshot"])
+def test_the_free_depth_mask_learns_to_drop_an_identity_block(init):
+    from diffpress.pruning.depth_learn import learn_depth
+
+    model, calibration, found = _pixart_with_an_identity_block(1)
+    options = LearnOptions(iterations=40, learning_rate=0.1, depth_init=init)
+    learned = learn_depth(model, found, 1, calibration, options)
+    assert [b.name for b in learned.removed] == ["transformer_blocks.1"]
+    assert learned.pattern == "free" and learned.objective == "replay"
+    assert max(learned.probabilities[0]) == learned.probabilities[0][1]
+
+
+def test_lora_co_training_leaves_the_model_as_it_was():
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from diffpress.pruning.depth_learn import learn_depth
+
+    model, calibration, found = _pixart_with_an_identity_block(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    options = LearnOptions(iterations=12, learning_rate=0.1, lora_rank=2, lora_learning_rate=1e-2)
+    learned = learn_depth(model, found, 1, calibration, options)
+    assert len(learned.losses) == 12
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_lora_adapters_change_what_the_gated_model_computes():
+    from diffpress.pruning.depth_learn import lora_adapters
+
+    model, calibration, found = _pixart_with_an_identity_block(1)
+    entry = calibration.entries(1)[0]
+    with torch.no_grad():
+        plain = model(**entry.call_kwargs()).sample
+    with lora_adapters(model, found, 2) as adapters:
+        assert adapters and all(p.requires_grad for p in adapters)
+        with torch.no_grad():
+            assert torch.equal(model(**entry.call_kwargs()).sample, plain)  # B starts at zero
+            for p in adapters:
+                p.add_(0.1)
+            assert not torch.allclose(model(**entry.call_kwargs()).sample, plain)
+    with torch.no_grad():
+        assert torch.equal(model(**entry.call_kwargs()).sample, plain)
+
+
+def test_learned_depth_on_the_sampling_trajectory():
+    outcome = diffpress.prune("builtin:digits", None, None, remove_blocks=2, method="learned",
+                              learn={"iterations": 3, "objective": "trajectory", "samples": 2, "batch_size": 2},
+                              steps=3)
+    learned = outcome.result.learned_depth
+    assert learned.objective == "trajectory" and len(learned.losses) == 3
+    assert all(l > 0 for l in learned.losses) and len(outcome.result.removed) == 2
+
+
+def test_recovery_that_raises_the_output_error_puts_the_pruned_weights_back():
+    from diffpress.pruning.recover import distill, record_teacher
+
+    model, inputs = build("pixart")
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, [900, 500, 100]),
+                                      buckets=3)
+    blocks = find_blocks(model, lambda m: tiny_models.run(m, inputs))
+    teacher = record_teacher(model, calibration, [blocks[1].name])
+    remove_blocks(model, blocks[:1])
+    pruned = {k: v.clone() for k, v in model.state_dict().items()}
+    recovery = distill(model, teacher, steps=5, learning_rate=0.05)  # far too large: training makes it worse
+    assert recovery.output_loss_after > recovery.output_loss_before and not recovery.kept
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in pruned.items())
+    kept = distill(model, teacher, steps=30, learning_rate=1e-3)
+    assert kept.kept and kept.output_loss_after < kept.output_loss_before
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in pruned.items())
 
 
 def test_recovery_runs_after_structured_pruning_too():

@@ -190,8 +190,62 @@ def test_a_recipe_prunes_then_quantizes_in_one_run(tmp_path):
     assert "prune:" in (tmp_path / "out" / "recipe.yaml").read_text()
 
 
-def test_learned_mask_moves_the_gates_toward_the_budget(tmp_path):
-    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, warmup=0.1)
+def test_projected_mask_learning_holds_the_scheduled_budget_at_every_iteration():
+    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, warmup=0.5)
+    outcome = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn)
+    result = outcome.result
+    kept = result.learned.kept_fraction
+    # warm-up over 3 iterations, cubic from 1 to 0.7, then exactly the target
+    expected = [0.7 + 0.3 * (1 - min(1, (i + 1) / 3)) ** 3 for i in range(6)]
+    assert kept == pytest.approx(expected, abs=1e-4)
+    assert result.params_after <= 0.7 * result.params_before
+
+
+def test_the_per_step_loss_replays_the_float_trajectory_and_adds_its_gradient():
+    from diffpress.pruning.fit import TrajectoryObjective
+
+    pipe = diffpress.checkpoint.load_pipeline("builtin:digits")
+    groups = find_groups(pipe.unet)
+    trajectory = Trajectory(steps=3)
+    with_steps = TrajectoryObjective(pipe, [3, 7], trajectory, samples=2, batch_size=2, seed=0, step_loss=1.0)
+    assert len(with_steps.calls[0]) == 3  # one recorded call per step
+    with torch.no_grad():  # replayed without gates, a recorded call gives its recorded output
+        assert torch.equal(with_steps.calls[0][1].replay(pipe.unet).float(), with_steps.calls[0][1].output)
+    gradients = []
+    for step_loss in (0.0, 1.0):
+        objective = TrajectoryObjective(pipe, [3, 7], trajectory, samples=2, batch_size=2, seed=0, step_loss=step_loss)
+        values = [torch.full((g.count,), 0.8) for g in groups]
+        with GateSite(pipe.unet, groups) as site:
+            site.masks = {k: m.requires_grad_() for k, m in column_masks(pipe.unet, groups, values).items()}
+            objective.backward(0, site, pipe.unet)
+            gradients.append(torch.cat([m.grad.flatten() for m in site.masks.values() if m.grad is not None]))
+    assert gradients[0].abs().sum() > 0
+    assert not torch.allclose(gradients[0], gradients[1])
+
+
+def test_a_trainable_parameter_gets_the_same_gradient_through_checkpointed_steps():
+    pipe = diffpress.checkpoint.load_pipeline("builtin:digits")
+    groups = find_groups(pipe.unet)
+    pipe.unet.requires_grad_(False)
+    weight = pipe.unet.conv_out.weight
+    weight.requires_grad_(True)  # as a LoRA adapter co-trained with a mask would be
+    gradients = []
+    for checkpointed in (True, False):
+        weight.grad = None
+        with GateSite(pipe.unet, groups) as site:
+            # the gates require grad, as in learning (a checkpointed step with no input that does has no graph)
+            site.set([torch.full((g.count,), 0.9, requires_grad=True) for g in groups])
+            latent = final_latents(pipe, [3, 7], seed=0, trajectory=Trajectory(steps=3), grad=True, site=site,
+                                   checkpoint_steps=checkpointed)
+            latent.square().mean().backward()
+        gradients.append(weight.grad.clone())
+    assert gradients[0].abs().sum() > 0
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-7)
+
+
+def test_penalty_mask_learning_moves_the_gates_toward_the_budget(tmp_path):
+    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, warmup=0.1,
+                 control="penalty")
     outcome = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn)
     learned = outcome.result.learned
     assert len(learned.losses) == 6 and all(torch.isfinite(torch.tensor(learned.losses)))

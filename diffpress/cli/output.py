@@ -59,12 +59,17 @@ def print_pruning(outcome) -> None:
           f"({result.macs_after / result.macs_before:.3f})")
     if result.learned is not None:
         print(f"mask learned in {result.learned.seconds:.1f} s ({len(result.learned.losses)} iterations, "
-              f"final trajectory MSE {result.learned.losses[-1]:.4f})")
+              f"final loss {result.learned.losses[-1]:.4f})")
+    if result.learned_depth is not None:
+        depth = result.learned_depth
+        print(f"depth mask learned in {depth.seconds:.1f} s ({len(depth.losses)} iterations, {depth.pattern} "
+              f"pattern, {depth.objective} objective, final loss {depth.losses[-1]:.4f})")
     if result.recovery is not None:
-        curve = result.recovery.losses
-        print(f"recovered in {result.recovery.seconds:.1f} s ({len(curve)} steps, distillation loss "
+        recovery, curve = result.recovery, result.recovery.losses
+        outcome_text = "kept" if recovery.kept else "discarded: it raised the output error; the pruned weights stay"
+        print(f"recovered in {recovery.seconds:.1f} s ({len(curve)} steps, distillation loss "
               f"{curve[0]:.4f} -> {curve[-1]:.4f}; output error on the calibration calls "
-              f"{result.recovery.output_loss_before:.4f} -> {result.recovery.output_loss_after:.4f})")
+              f"{recovery.output_loss_before:.4f} -> {recovery.output_loss_after:.4f}; {outcome_text})")
     where = f"saved {outcome.out}" if outcome.out else "not saved"
     print(f"{where} in {result.seconds:.1f} s")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..api import LearnOptions, Method, Scope, Unit, evaluate, prune
+from ..prune_stage import BudgetControl, DepthInit, DepthPattern, LearnObjective
 from . import options
 from .output import grid_beside, print_eval, print_pruning
 
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=options.enum_values(Method), default=None,
                         help="how units are ranked. width: learned (default; mask fitted end to end on the sampling "
                              "trajectory), taylor, activation (both need calibration data), magnitude, random. "
-                             "blocks: oneshot (default; single-removal loss, needs calibration data), random")
+                             "blocks: oneshot (default; single-removal loss, needs calibration data), learned "
+                             "(a removal set fitted end to end, with --remove-blocks), random")
     parser.add_argument("--scope", choices=options.enum_values(Scope), default=Scope.GLOBAL.value,
                         help="global: rank units model-wide; per_layer: the same fraction of every group "
                              "(default global)")
@@ -61,6 +63,33 @@ def register(subparsers) -> None:
     learn.add_argument("--learning-rate", dest="learning_rate", type=options.number(0),
                        default=defaults("learning_rate"), metavar="LR",
                        help=f"Adam learning rate of the gate logits (default {defaults('learning_rate')})")
+    learn.add_argument("--objective", choices=options.enum_values(LearnObjective), default=None,
+                       help="what the mask is fitted on: trajectory (final latent of whole sampling runs; default "
+                            "for width) or replay (denoiser output on replayed calibration calls; default for "
+                            "blocks)")
+    learn.add_argument("--step-loss", dest="step_loss", type=options.number(0, inclusive=True),
+                       default=defaults("step_loss"), metavar="W",
+                       help="weight of a per-step output loss on the float trajectory's calls, beside the final "
+                            f"latent (trajectory objective; default {defaults('step_loss')})")
+    learn.add_argument("--budget-control", dest="control", choices=options.enum_values(BudgetControl),
+                       default=defaults("control").value,
+                       help="projected: the expected kept fraction is held at a budget falling from 1 to the target "
+                            "over --warmup; penalty: a penalty above the target (default "
+                            f"{defaults('control').value})")
+    learn.add_argument("--warmup", type=options.number(0, inclusive=True), default=None, metavar="F",
+                       help="fraction of the iterations over which the budget comes in (default 0.5 projected, "
+                            "0.1 penalty)")
+    learn.add_argument("--depth-pattern", dest="depth_pattern", choices=options.enum_values(DepthPattern),
+                       default=defaults("depth_pattern").value,
+                       help="blocks: free (any N blocks) or nm (TinyFusion's local N:M groups per block class) "
+                            f"(default {defaults('depth_pattern').value})")
+    learn.add_argument("--depth-init", dest="depth_init", choices=options.enum_values(DepthInit),
+                       default=defaults("depth_init").value,
+                       help="blocks, free pattern: start the logits from single-removal losses (oneshot) or equal "
+                            f"(uniform) (default {defaults('depth_init').value})")
+    learn.add_argument("--lora-rank", dest="lora_rank", type=options.integer(0), default=defaults("lora_rank"),
+                       metavar="R", help="blocks: LoRA adapters of rank R co-trained with the depth mask, so the "
+                                         "search favours blocks whose removal recovers well (default 0: none)")
     recover = parser.add_argument_group("recovery (distillation from the float model after pruning)")
     recover.add_argument("--recover-steps", dest="recover_steps", type=options.integer(0), default=0, metavar="K",
                          help="Adam steps on replayed calibration calls, output plus normalized block-feature loss "
@@ -74,7 +103,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     learn = LearnOptions(iterations=args.iterations, samples=args.samples, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate)
+                         learning_rate=args.learning_rate, objective=args.objective, step_loss=args.step_loss,
+                         control=args.control, warmup=args.warmup, depth_pattern=args.depth_pattern,
+                         depth_init=args.depth_init, lora_rank=args.lora_rank)
     outcome = prune(args.model, args.target_params, args.out, target_macs=args.target_macs,
                     target_latency=args.target_latency, remove_blocks=args.remove_blocks, unit=args.unit,
                     method=args.method, recover_steps=args.recover_steps,

@@ -1,18 +1,30 @@
-"""Learnable depth (TinyFusion): which blocks to remove, learned with N:M group gates.
+"""Learnable depth (TinyFusion, generalized): which blocks to remove, learned end to end.
 
-The removable blocks of each class are split, in model order, into local groups of `group_size` (M)
-blocks (a transformer's consecutive blocks; a UNet's ResNets and its attention blocks); group g keeps N_g of its M blocks (the removals spread as evenly as the count
-allows). Each group has one logit per keep-combination (C(M, N_g) of them). Every step draws a hard
-one-hot combination per group with Gumbel-softmax and a straight-through gradient, at a temperature
-annealed from 4 to 0.1, and each block's output becomes
+Each removable block's output becomes
 
     passed + m * (block(x) - passed)
 
-where `passed` is what the block's pass-through returns (its residual input) and m in {0, 1} is
-whether the drawn combination keeps it; gradients reach the logits through the soft probabilities.
-The loss is the denoiser's relative output error against the float model on a replayed calibration
-call (every timestep bucket in turn), recorded before any gate is applied. After training, each
-group keeps its most probable combination. Weights stay frozen (no LoRA co-training here).
+where `passed` is what the block's pass-through returns (its residual inputs) and m in {0, 1} says
+whether the drawn set keeps it (`BlockSite`); the gradient reaches the logits through a relaxed,
+straight-through sample. Two patterns (`DepthPattern`):
+
+- free (default): one logit per block; each step draws exactly R blocks to remove with Gumbel top-k
+  (the hard set) and its continuous relaxation (Xie & Ermon 2019: R rounds of softmax, each masking
+  what the previous took) as the straight-through gradient. Any set of R blocks can be drawn, so
+  removals go where they cost least, across block classes (FLUX double- vs single-stream, UNet
+  ResNets vs attention blocks).
+- nm: TinyFusion's local N:M groups: the removable blocks of each class, in model order, in groups of
+  `group_size` (M); each group keeps N_g of its M (removals spread as evenly as the count allows);
+  one logit per keep-combination of a group, Gumbel-softmax with a straight-through one-hot.
+
+The temperature anneals from 4 to 0.1. With `init` oneshot the free logits start from the blocks'
+single-removal losses (standardized -log loss, x2: the one-shot set is the likeliest first draw,
+others are explored); uniform starts at zero. The objective (`fit.py`) is the denoiser's output
+error on replayed calibration calls (replay, default) or the final latent of whole sampling
+trajectories (trajectory). With `lora_rank` > 0, LoRA adapters (peft) on every Linear and Conv2d
+inside the blocks train jointly with the logits (TinyFusion's recoverability: the search favours
+sets that recover well, not those with the least immediate loss); the adapters are discarded after
+the search (recovery distills the chosen model). After training, the most probable set is removed.
 """
 from __future__ import annotations
 
@@ -20,18 +32,21 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
-from ..metrics import relative_error
+from ..compression.surgery import replace_module
 from ..errors import InputError
+from ..prune_stage import DepthInit, DepthPattern, LearnObjective, LearnOptions
 from .blocks import Block
-from .depth import calibration_entries, denoiser_outputs
-from .training import frozen_weights, optimizer_step
+from .fit import fit_step, progress_bar
+from .learn import objective_for
+from .trajectory import Trajectory
+from .training import frozen_weights
 
 
 @dataclass
@@ -68,11 +83,78 @@ def block_groups(blocks: list[Block], remove: int, group_size: int = 4) -> list[
     return [BlockGroup(run, len(run) - r) for run, r in zip(runs, removals)]
 
 
-def _mixing_hook(block: Block, gate: dict):
+def _gumbel(shape, generator: torch.Generator) -> torch.Tensor:
+    return -torch.log(-torch.log(torch.rand(shape, generator=generator).clamp(1e-9, 1 - 1e-9)))
+
+
+class FreeDepthGates(nn.Module):
+    """One removal logit per block; draws exactly `remove` blocks (Gumbel top-k, relaxed top-k gradient)."""
+
+    def __init__(self, blocks: list[Block], remove: int, init: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not 0 < remove < len(blocks):
+            raise InputError(f"the learned depth mask removes 1 to {len(blocks) - 1} of the {len(blocks)} blocks; "
+                             f"asked for {remove}", "remove_blocks")
+        self.blocks, self.remove = blocks, remove
+        self.logits = nn.Parameter(torch.zeros(len(blocks)) if init is None else init.clone().float())
+
+    def sample(self, generator: torch.Generator, tau: float) -> dict[str, torch.Tensor]:
+        keys = self.logits + _gumbel(self.logits.shape, generator)
+        hard = torch.zeros_like(keys)
+        hard[keys.detach().topk(self.remove).indices] = 1.0
+        soft, taken, relaxed = torch.zeros_like(keys), torch.zeros_like(keys), keys
+        for _ in range(self.remove):  # relaxed top-k: each round a softmax over what is left
+            relaxed = relaxed + torch.log((1.0 - taken).clamp_min(1e-20))
+            taken = torch.softmax(relaxed / tau, dim=0)
+            soft = soft + taken
+        removal = hard + soft - soft.detach()
+        return {block.name: 1.0 - removal[i] for i, block in enumerate(self.blocks)}
+
+    def chosen(self) -> list[Block]:
+        picked = set(self.logits.detach().topk(self.remove).indices.tolist())
+        return [b for i, b in enumerate(self.blocks) if i in picked]
+
+    def probabilities(self) -> list[list[float]]:
+        """Each block's share of the removal softmax (one list)."""
+        return [[round(p, 4) for p in torch.softmax(self.logits.detach(), 0).tolist()]]
+
+
+class GroupDepthGates(nn.Module):
+    """TinyFusion's N:M groups: one logit per keep-combination of each group."""
+
+    def __init__(self, blocks: list[Block], remove: int, group_size: int = 4) -> None:
+        super().__init__()
+        self.groups = block_groups(blocks, remove, group_size)
+        self.logits = nn.ParameterList([nn.Parameter(torch.zeros(len(g.combinations))) for g in self.groups])
+
+    def sample(self, generator: torch.Generator, tau: float) -> dict[str, torch.Tensor]:
+        gates = {}
+        for group, logit in zip(self.groups, self.logits):
+            soft = torch.softmax((logit + _gumbel(logit.shape, generator)) / tau, dim=0)
+            hard = torch.zeros_like(soft)
+            hard[soft.detach().argmax()] = 1.0
+            choice = hard + soft - soft.detach()  # straight-through
+            for index, block in enumerate(group.blocks):
+                keeps = [c for c, combo in enumerate(group.combinations) if index in combo]
+                gates[block.name] = choice[keeps].sum()
+        return gates
+
+    def chosen(self) -> list[Block]:
+        removed = []
+        for group, logit in zip(self.groups, self.logits):
+            kept = group.combinations[int(logit.detach().argmax())]
+            removed += [b for i, b in enumerate(group.blocks) if i not in kept]
+        return removed
+
+    def probabilities(self) -> list[list[float]]:
+        return [[round(p, 4) for p in torch.softmax(logit.detach(), 0).tolist()] for logit in self.logits]
+
+
+def _mixing_hook(block: Block, site: "BlockSite"):
     passing = block.pass_through()
 
     def hook(module, args, kwargs, output):
-        m = gate.get(block.name)
+        m = site.masks.get(block.name)
         if m is None:
             return None
         passed = passing(*args, **kwargs)
@@ -86,61 +168,100 @@ def _mixing_hook(block: Block, gate: dict):
     return hook
 
 
-@contextlib.contextmanager
-def _gated_blocks(model: nn.Module, blocks: list[Block], gate: dict):
-    handles = [model.get_submodule(b.name).register_forward_hook(_mixing_hook(b, gate), with_kwargs=True)
-               for b in blocks]
-    try:
-        yield
-    finally:
-        for handle in handles:
+class BlockSite:
+    """Mixing hooks on `blocks`; `masks` (block name -> keep gate m) says how much of each block acts."""
+
+    def __init__(self, model: nn.Module, blocks: list[Block]) -> None:
+        self.masks: dict[str, torch.Tensor] = {}
+        self._handles = [model.get_submodule(b.name).register_forward_hook(_mixing_hook(b, self), with_kwargs=True)
+                         for b in blocks]
+
+    def __enter__(self) -> "BlockSite":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
             handle.remove()
+        self._handles, self.masks = [], {}
+
+
+@contextlib.contextmanager
+def lora_adapters(model: nn.Module, blocks: list[Block], rank: int) -> Iterator[list[nn.Parameter]]:
+    """LoRA adapters (peft, rank `rank`) on every Linear and Conv2d inside `blocks`, trainable, for the block;
+    the original layers are put back (unmerged) at the end. Yields the adapters' parameters."""
+    if rank <= 0:
+        yield []
+        return
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    prefixes = tuple(b.name + "." for b in blocks)
+    targets = [name for name, module in model.named_modules()
+               if name.startswith(prefixes) and isinstance(module, (nn.Linear, nn.Conv2d))]
+    if not targets:
+        yield []
+        return
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0),
+                            model, adapter_name="diffpress-depth")
+    try:
+        yield [p for name, p in model.named_parameters() if "lora_" in name]
+    finally:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                replace_module(model, name, module.get_base_layer())
+        for name, parameter in model.named_parameters():  # peft froze everything but the adapters
+            parameter.requires_grad_(name in trainable)
 
 
 @dataclass
 class LearnedDepth:
     removed: list[Block]
     losses: list[float]
-    probabilities: list[list[float]]  # per group, over its combinations, at the end
+    probabilities: list[list[float]]  # free: the removal softmax over blocks; nm: per group, over combinations
     seconds: float
+    pattern: str = DepthPattern.FREE.value
+    objective: str = LearnObjective.REPLAY.value
 
 
-def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration: CalibrationSet,
-                iterations: int = 100, learning_rate: float = 0.1, group_size: int = 4, seed: int = 0,
-                per_bucket: int = 2, progress: bool = False) -> LearnedDepth:
+def _initial_logits(model: nn.Module, blocks: list[Block], calibration: CalibrationSet | None,
+                    options: LearnOptions) -> torch.Tensor | None:
+    if options.depth_init is not DepthInit.ONESHOT or options.depth_pattern is not DepthPattern.FREE:
+        return None
+    from .depth import removal_losses
+
+    if calibration is None:
+        raise InputError("starting the depth logits from single-removal losses needs a calibration set "
+                         "(or learn depth_init: uniform)", "calibration")
+    scores = -torch.tensor(removal_losses(model, blocks, calibration)).clamp_min(1e-12).log()
+    spread = scores.std() if len(scores) > 1 and scores.std() > 0 else torch.tensor(1.0)
+    return 2.0 * (scores - scores.mean()) / spread
+
+
+def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration: CalibrationSet | None,
+                options: LearnOptions = LearnOptions(), *, pipe=None, items=None, trajectory: Trajectory | None = None,
+                group_size: int = 4, progress: bool = False) -> LearnedDepth:
     started = time.perf_counter()
-    groups = block_groups(blocks, remove, group_size)
-    entries = calibration_entries(calibration, per_bucket)
-    targets = denoiser_outputs(model, entries)
-    logits = [torch.zeros(len(g.combinations), requires_grad=True) for g in groups]
-    optimizer = torch.optim.Adam(logits, lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    gate: dict = {}
+    objective_kind = options.objective or LearnObjective.REPLAY
+    if options.depth_pattern is DepthPattern.NM:
+        gates: FreeDepthGates | GroupDepthGates = GroupDepthGates(blocks, remove, group_size)
+    else:
+        gates = FreeDepthGates(blocks, remove, _initial_logits(model, blocks, calibration, options))
+    objective = objective_for(options, pipe, items, trajectory or Trajectory(10), model, calibration,
+                              LearnObjective.REPLAY)
+    generator = torch.Generator().manual_seed(options.seed)
     losses = []
-    with frozen_weights(model), _gated_blocks(model, [b for g in groups for b in g.blocks], gate), \
-            tqdm(range(iterations), desc="learn depth", unit="it", disable=not progress) as bar:
+    with frozen_weights(model), BlockSite(model, blocks) as site, \
+            lora_adapters(model, blocks, options.lora_rank) as adapters, \
+            progress_bar(0, options.iterations, "learn depth", progress) as bar:
+        groups = [{"params": list(gates.parameters()), "lr": options.learning_rate}]
+        if adapters:
+            groups.append({"params": adapters, "lr": options.lora_learning_rate})
+        optimizer = torch.optim.Adam(groups)
         for iteration in bar:
-            tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, iterations - 1))
-            gate.clear()
-            for group, logit in zip(groups, logits):
-                gumbel = -torch.log(-torch.log(torch.rand(logit.shape, generator=generator).clamp(1e-9, 1 - 1e-9)))
-                soft = torch.softmax((logit + gumbel) / tau, dim=0)
-                hard = torch.zeros_like(soft)
-                hard[soft.argmax()] = 1.0
-                choice = hard + soft - soft.detach()  # straight-through
-                for index, block in enumerate(group.blocks):
-                    keeps = [c for c, combo in enumerate(group.combinations) if index in combo]
-                    gate[block.name] = choice[keeps].sum()
-            call = iteration % len(entries)
-            with torch.enable_grad():
-                loss = relative_error(targets[call], output_tensor(model(**entries[call].call_kwargs())))
-            optimizer_step(optimizer, loss, f"learning the depth mask at iteration {iteration}",
-                           "lower learning_rate")
-            losses.append(float(loss.detach()))
+            tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, options.iterations - 1))
+            losses.append(fit_step(site, objective, model, optimizer, iteration, gates.sample(generator, tau)))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
-    removed, probabilities = [], []
-    for group, logit in zip(groups, logits):
-        probabilities.append([round(p, 4) for p in torch.softmax(logit.detach(), 0).tolist()])
-        kept = group.combinations[int(logit.detach().argmax())]
-        removed += [b for i, b in enumerate(group.blocks) if i not in kept]
-    return LearnedDepth(removed, losses, probabilities, time.perf_counter() - started)
+    return LearnedDepth(gates.chosen(), losses, gates.probabilities(), time.perf_counter() - started,
+                        options.depth_pattern.value, objective_kind.value)
+

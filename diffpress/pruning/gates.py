@@ -64,6 +64,28 @@ class Gates(nn.Module):
         attribute = "params_per_unit" if cost == "params" else "macs_per_unit"
         return sum((p * getattr(g, attribute)).sum() for p, g in zip(self.open_probability(), self.groups))
 
+    @torch.no_grad()
+    def project(self, allowed: float, cost: str = "params") -> float:
+        """Shift every logit by one constant so that the expected kept parameters (or MACs) of the gated units
+        equal `allowed` (clamped to what is reachable); returns the shift. Bisection: the expectation is
+        monotone in the shift."""
+        low, high = -64.0, 64.0
+        saved = [logit.detach().clone() for logit in self.logits]
+
+        def kept(shift: float) -> float:
+            for logit, original in zip(self.logits, saved):
+                logit.copy_(original + shift)
+            return float(self.expected_kept(cost))
+
+        for _ in range(60):
+            middle = (low + high) / 2
+            if kept(middle) > allowed:
+                high = middle
+            else:
+                low = middle
+        kept(low)
+        return low
+
 
 def column_masks(model: nn.Module, groups: list[PruneGroup], values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """consumer fqn -> the multiplier of each of its input columns (1 where no unit is gated)."""

@@ -4,11 +4,24 @@ For each (prompt or label, seed) the float pipeline's final latent is the target
 samples gate values, runs the gated pipeline on a batch of items from the same noise with timestep
 gradient checkpointing (`trajectory.py`), and minimizes
 
-    MSE(final latent, target) / mean(target^2) + w(i) * relu(expected kept fraction - target)
+    MSE(final latent, target) / mean(target^2)  [+ step_loss * mean_t |f_gated(x_t) - f(x_t)|^2 / |f(x_t)|^2]
 
-where the expected kept fraction counts each unit's parameters (or MACs) times its probability of
-being open, and w ramps linearly from 0 to `penalty` over the first `warmup` of the iterations.
-Only the gate logits are trained; the model's weights are frozen.
+where the optional per-step term replays the float trajectory's denoiser calls x_t through the gated
+denoiser (`fit.TrajectoryObjective`; objective replay fits on replayed calibration calls instead). The budget on the expected kept fraction (each unit's parameters or MACs times its
+probability of being open) is held by `control`:
+
+- projected (default): after every Adam step all logits move by one constant (found by bisection)
+  so the expected kept fraction is exactly the budget of the moment, which falls from 1 to the
+  target over the first `warmup` of the iterations (cubic: fast first, gently at the end) and then
+  stays. The loss alone decides which units close, and the mask is fitted at the budget it will be
+  cut to.
+- penalty: + w(i) * relu(expected kept fraction - target), w ramping from 0 to `penalty` over the
+  first `warmup` of the iterations. Adam normalizes each logit's gradient, so every logit falls at
+  about the learning rate until the fraction is under the target, whatever the target.
+
+Only the gate logits are trained; the model's weights are frozen. Gradients are accumulated on the
+column masks one denoiser step at a time and passed to the logits once per iteration (`fit.fit_step`),
+so memory is one step's graph whatever the number of steps.
 """
 from __future__ import annotations
 
@@ -17,14 +30,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import resume
-from ..prune_stage import LearnOptions
-from .gates import Gates, GateSite
+from ..calibration import CalibrationSet
+from ..prune_stage import BudgetControl, LearnObjective, LearnOptions
+from .fit import ReplayObjective, TrajectoryObjective, fit_step, progress_bar
+from .gates import Gates, GateSite, column_masks
 from .select import PruneBudget, unit_cost
-from .trajectory import Trajectory, final_latents
-from .training import frozen_weights, loop_state, optimizer_step, restore_loop
+from .trajectory import Trajectory
+from .training import frozen_weights, loop_state, restore_loop
 from .units import PruneGroup
 
 
@@ -39,23 +53,31 @@ class LearnedMask:
         return [logit.detach().clone() for logit in self.gates.logits]
 
 
-def _batches(items: Sequence, samples: int, batch_size: int, seed: int) -> list[tuple[list, int]]:
-    """(items, noise seed) per batch; sample i uses item i % len(items)."""
-    chosen = [items[i % len(items)] for i in range(samples)]
-    return [(chosen[start:start + batch_size], seed + index)
-            for index, start in enumerate(range(0, samples, batch_size))]
+def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Trajectory, denoiser,
+                  calibration: CalibrationSet | None, default: LearnObjective):
+    """The objective `options` asks for (`default` when it names none)."""
+    if (options.objective or default) is LearnObjective.REPLAY:
+        return ReplayObjective(denoiser, calibration)
+    return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
+                               options.step_loss, options.checkpoint_steps)
 
 
 def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajectory: Trajectory,
                budget: PruneBudget, total: float, options: LearnOptions = LearnOptions(),
-               progress: bool = False) -> LearnedMask:
+               progress: bool = False, calibration: CalibrationSet | None = None) -> LearnedMask:
     started = time.perf_counter()
-    batches = _batches(items, options.samples, options.batch_size, options.seed)
-    targets = [final_latents(pipe, batch, seed, trajectory) for batch, seed in batches]
-    power = [t.float().square().mean().clamp_min(1e-12) for t in targets]
+    objective = objective_for(options, pipe, items, trajectory, denoiser, calibration, LearnObjective.TRAJECTORY)
     gates = Gates(groups, options.gate, options.init_logit)
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
+    projected = options.control is BudgetControl.PROJECTED
+
+    def scheduled(iteration: int) -> float:
+        """Expected cost of the gated units allowed after `iteration` (projected control)."""
+        ramp = max(1.0, options.warmup * options.iterations)
+        fraction = budget.target + (1.0 - budget.target) * (1.0 - min(1.0, (iteration + 1) / ramp)) ** 3
+        return fraction * total - fixed
+
     generator = torch.Generator().manual_seed(options.seed)
     losses, kept = [], []
     checkpoints = resume.stage("mask-learning")
@@ -63,22 +85,23 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     if (snapshot := checkpoints.latest_snapshot()) is not None:
         start, history = restore_loop(gates, optimizer, generator, *snapshot)
         losses, kept = history["losses"], history["kept"]
+    elif projected:
+        gates.project(scheduled(0), budget.cost.value)
     with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
-            tqdm(range(start, options.iterations), desc="learn mask", unit="it", disable=not progress,
-                 initial=start, total=options.iterations) as bar:
+            progress_bar(start, options.iterations, "learn mask", progress) as bar:
         for iteration in bar:
-            index = iteration % len(batches)
-            site.set(gates.sample(generator))
-            latent = final_latents(pipe, batches[index][0], batches[index][1], trajectory, grad=True,
-                                   site=site, checkpoint_steps=options.checkpoint_steps)
-            mse = (latent.float() - targets[index].float()).square().mean() / power[index]
-            fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
-            weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))
-            loss = mse + weight * torch.relu(fraction - budget.target)
-            optimizer_step(optimizer, loss, f"mask learning at iteration {iteration}", "lower learning_rate")
-            losses.append(float(mse.detach()))
-            kept.append(float(fraction.detach()))
-            bar.set_postfix(mse=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
+            masks = column_masks(denoiser, groups, gates.sample(generator))
+            term = None
+            if not projected:
+                fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
+                weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))
+                term = weight * torch.relu(fraction - budget.target)
+            losses.append(fit_step(site, objective, denoiser, optimizer, iteration, masks, term))
+            if projected:
+                gates.project(scheduled(iteration), budget.cost.value)
+            with torch.no_grad():
+                kept.append(float((fixed + gates.expected_kept(budget.cost.value)) / total))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
             if iteration + 1 < options.iterations and checkpoints.snapshot_due():
                 checkpoints.write_snapshot(*loop_state(gates, optimizer, generator, iteration + 1,
                                                        {"losses": losses, "kept": kept}))

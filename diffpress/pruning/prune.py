@@ -75,9 +75,8 @@ def _scores(stage: PruneStage, pipe, denoiser, groups, items, calibration, total
         raise InputError(f"method {method.value} needs a calibration set (statistics and replayable calls)",
                          "calibration")
     if method is Method.LEARNED:
-        if pipe is None or not items:
-            raise InputError("the learned mask samples the pipeline: give a pipeline and prompts or labels", "method")
-        learned = learn_mask(pipe, denoiser, groups, items, trajectory, PruneBudget(stage.target, stage.cost), total, stage.learn, progress)
+        learned = learn_mask(pipe, denoiser, groups, items, trajectory, PruneBudget(stage.target, stage.cost), total,
+                             stage.learn, progress, calibration)
         return learned.scores(), learned
     if method is Method.RANDOM:
         return random_scores(groups, stage.seed), None
@@ -97,7 +96,9 @@ def prune_denoiser(denoiser: nn.Module, stage: PruneStage, *, pipe=None, items: 
         raise InputError("this model is already pruned; prune the original model to a smaller target instead",
                          "model")
     if stage.unit is Unit.BLOCKS:
-        return _prune_blocks(denoiser, stage, one_call(pipe, items, calibration), calibration, started, progress)
+        trajectory = Trajectory(stage.steps or default_steps, stage.guidance_scale)
+        return _prune_blocks(denoiser, stage, one_call(pipe, items, calibration), calibration, started, progress,
+                             pipe=pipe, items=items, trajectory=trajectory)
     groups = find_groups(denoiser)
     params_before = denoiser_params(denoiser)
     positions = record_positions(denoiser, one_call(pipe, items, calibration))
@@ -136,9 +137,10 @@ def _recover(denoiser, stage: PruneStage, teacher, progress: bool) -> Recovery |
 
 
 def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: CalibrationSet | None,
-                  started: float, progress: bool) -> PruneResult:
-    """Remove whole blocks: oneshot (least summed single-removal loss, 0/1 program), learned (N:M group gates) or
-    random."""
+                  started: float, progress: bool, *, pipe=None, items: Sequence | None = None,
+                  trajectory: Trajectory | None = None) -> PruneResult:
+    """Remove whole blocks: oneshot (least summed single-removal loss, 0/1 program), learned (a removal set
+    fitted end to end, depth_learn.py) or random."""
     blocks = find_blocks(denoiser, call)
     params_before = denoiser_params(denoiser)
     positions = record_positions(denoiser, call)
@@ -151,8 +153,8 @@ def _prune_blocks(denoiser: nn.Module, stage: PruneStage, call, calibration: Cal
     check_removable(blocks, total, stage.cost, stage.target, stage.remove_blocks)
     losses = checked = learned = None
     if stage.method is Method.LEARNED:
-        learned = learn_depth(denoiser, blocks, stage.remove_blocks, calibration, stage.learn.iterations,
-                              stage.learn.learning_rate, seed=stage.seed, progress=progress)
+        learned = learn_depth(denoiser, blocks, stage.remove_blocks, calibration, stage.learn, pipe=pipe,
+                              items=items, trajectory=trajectory, progress=progress)
         chosen = learned.removed
     elif stage.method is Method.ONESHOT:
         losses = removal_losses(denoiser, blocks, calibration, progress=progress)

@@ -10,7 +10,10 @@ weights for `steps` Adam steps, one call per step, on
 where h_b is the output of surviving block b. Every feature term is normalized by the teacher
 feature's own power (LAPTOP-Diff): un-normalized feature losses differ by orders of magnitude
 between blocks and the largest would dominate. The teacher copy is never held: its targets are
-recorded on the CPU once, so memory is the model plus the recorded tensors.
+recorded on the CPU once, so memory is the model plus the recorded tensors (and, while training, a
+CPU copy of the pruned weights). The trained weights are kept only when they lower the output error
+over the recorded calls (a model already close to the teacher can be moved away by a few hundred
+steps); otherwise the pruned weights are put back and the result says so (`Recovery.kept`).
 """
 from __future__ import annotations
 
@@ -42,12 +45,13 @@ class Recovery:
     output_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     output_loss_before: float = float("nan")  # mean relative output error over every recorded call
-    output_loss_after: float = float("nan")
+    output_loss_after: float = float("nan")  # of the trained weights (kept or not)
+    kept: bool = True  # False: training raised the output error, and the pruned weights were put back
 
     def to_dict(self) -> dict:
         return {"steps": len(self.losses), "seconds": round(self.seconds, 2),
                 "output_loss_before": self.output_loss_before, "output_loss_after": self.output_loss_after,
-                "loss": self.losses, "output_loss": self.output_losses}
+                "kept": self.kept, "loss": self.losses, "output_loss": self.output_losses}
 
 
 def _tensors(output) -> list[torch.Tensor]:
@@ -93,10 +97,14 @@ def output_loss(model: nn.Module, teacher: TeacherTargets) -> float:
 
 
 def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate: float = 1e-4,
-            feature_weight: float = 1.0, seed: int = 0, progress: bool = False) -> Recovery:
-    """Train `model`'s weights toward the teacher targets for `steps` steps (in place); the loss curve."""
+            feature_weight: float = 1.0, seed: int = 0, progress: bool = False,
+            keep_if_better: bool = True) -> Recovery:
+    """Train `model`'s weights toward the teacher targets for `steps` steps (in place); the loss curve. With
+    `keep_if_better`, the trained weights stay only if they lower the output error over the recorded calls;
+    otherwise the weights from before (held on the CPU meanwhile) are put back."""
     started = time.perf_counter()
     parameters = [p for p in model.parameters() if p.requires_grad and p.numel()]
+    before = [p.detach().to("cpu", copy=True) for p in parameters] if keep_if_better else None
     optimizer = torch.optim.Adam(parameters, lr=learning_rate)
     order = torch.randperm(len(teacher.calls), generator=torch.Generator().manual_seed(seed)).tolist()
     recovery = Recovery()
@@ -124,5 +132,10 @@ def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate
         model.train(was_training)
         optimizer.zero_grad(set_to_none=True)
     recovery.output_loss_after = output_loss(model, teacher)
+    if before is not None and not recovery.output_loss_after < recovery.output_loss_before:
+        recovery.kept = False
+        with torch.no_grad():
+            for parameter, saved in zip(parameters, before):
+                parameter.copy_(saved)
     recovery.seconds = time.perf_counter() - started
     return recovery

@@ -4,7 +4,8 @@ The pipeline's own `__call__` runs (no forked pipeline): its `torch.no_grad` dec
 around (`__wrapped__`), and with `checkpoint_steps` every denoiser call becomes one autograd node
 (`_DenoiserStep`): its forward runs the denoiser under no_grad and keeps only the call's input
 tensors and the gate masks; its backward recomputes that one step with grad and returns the
-gradients of the step's inputs and of the masks. That is timestep gradient checkpointing (EcoDiff's
+gradients of the step's inputs and of the masks (trainable parameters, such as LoRA adapters
+co-trained with a depth mask, get theirs accumulated as in reentrant checkpointing). That is timestep gradient checkpointing (EcoDiff's
 memory trick, generic): peak memory is one step's graph plus the T step inputs, instead of T graphs.
 Without it (`checkpoint_steps=False`) memory grows with the number of steps.
 """
@@ -18,6 +19,8 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
 from ..calibration.collector import find_denoiser
 from ..compression.sensitivity.output_metric import output_tensor
 from .gates import GateSite
@@ -39,12 +42,9 @@ class _DenoiserStep(torch.autograd.Function):
         run, ctx.run = ctx.run, None  # the recomputed graph must not outlive this backward
         with torch.enable_grad():
             output = run(*tensors)
-        wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
-        grads = torch.autograd.grad(output, [tensors[i] for i in wanted], grad_output, allow_unused=True)
-        result = [None] * len(tensors)
-        for i, grad in zip(wanted, grads):
-            result[i] = grad
-        return (None, *result)
+        if output.requires_grad:  # also accumulates into trainable parameters the step reaches (LoRA adapters)
+            torch.autograd.backward(output, grad_output)
+        return (None, *[t.grad if t.requires_grad else None for t in tensors])
 
 
 def _tensor_slots(args: tuple, kwargs: dict) -> list:
@@ -109,6 +109,39 @@ def stepwise_calls(denoiser: nn.Module, site: GateSite) -> Iterator[None]:
             del denoiser.forward
 
 
+@dataclass
+class RecordedCall:
+    """One denoiser call of a sampling run: its arguments (tensors detached, on the CPU) and its output tensor."""
+
+    args: tuple
+    kwargs: dict
+    output: torch.Tensor
+    device: torch.device
+
+    def replay(self, denoiser: nn.Module) -> torch.Tensor:
+        """The denoiser's output tensor on these arguments (with grad where grad is enabled)."""
+        args, kwargs = tree_map(lambda v: v.to(self.device) if isinstance(v, torch.Tensor) else v,
+                                (self.args, self.kwargs))
+        return output_tensor(denoiser(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def recorded_calls(denoiser: nn.Module, into: list[RecordedCall]) -> Iterator[None]:
+    """Every call of `denoiser` inside the block is appended to `into` (for the per-step loss of mask learning)."""
+    def hook(module, args, kwargs, output):
+        tensors = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        args, kwargs = tree_map(lambda v: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v,
+                                (args, kwargs))
+        into.append(RecordedCall(args, kwargs, output_tensor(output).detach().float().cpu(), device))
+
+    handle = denoiser.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _unwrapped_call(pipe):
     call = type(pipe).__call__
     while hasattr(call, "__wrapped__"):
@@ -152,15 +185,18 @@ class Trajectory:
 
 
 def final_latents(pipe, items: Sequence, seed: int, trajectory: Trajectory, *, grad: bool = False,
-                  site: GateSite | None = None, checkpoint_steps: bool = True) -> torch.Tensor:
+                  site: GateSite | None = None, checkpoint_steps: bool = True,
+                  record: list[RecordedCall] | None = None) -> torch.Tensor:
     """The pipeline's final latent (or image, for pipelines without a latent output) for `items` from the
     noise of `seed`; with `grad`, differentiable with respect to the masks of `site` (stepwise, one node per
-    denoiser call, when `checkpoint_steps`; else through every step's whole graph)."""
+    denoiser call, when `checkpoint_steps`; else through every step's whole graph). Without `grad`, the
+    denoiser's calls are appended to `record` when it is given."""
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     kwargs = trajectory.kwargs(pipe, items, torch.Generator().manual_seed(seed))
     if not grad:
-        with torch.no_grad():
+        recording = recorded_calls(find_denoiser(pipe), record) if record is not None else contextlib.nullcontext()
+        with torch.no_grad(), recording:
             return _final(pipe(**kwargs)).detach()
     denoiser = find_denoiser(pipe)
     steps = stepwise_calls(denoiser, site) if checkpoint_steps and site is not None else contextlib.nullcontext()

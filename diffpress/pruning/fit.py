@@ -1,0 +1,130 @@
+"""Fitting gates end to end: the loop that mask learning (width, `learn.py`) and learned depth
+(`depth_learn.py`) share, and the two objectives they fit.
+
+A *site* holds the current gate values as leaf tensors (`site.masks`: name -> tensor) that its hooks
+read: `gates.GateSite` scales consumer input columns, `depth_learn.BlockSite` mixes a block's output
+with its pass-through. Each iteration draws gate values from the parameterization (with a graph back
+to its logits), puts detached leaf copies in the site, lets the objective backpropagate one batch into
+the leaves one denoiser step at a time, then carries the leaves' gradients to the logits in one pass
+(with an optional budget term) and steps the optimizer. Other trainable tensors the objective reaches
+(LoRA adapters co-trained with a depth mask) get their gradients directly.
+
+Objectives (`LearnObjective`):
+- trajectory: the final latent of the gated pipeline against the float pipeline's for the same
+  (item, seed) batches, through timestep gradient checkpointing (`trajectory.py`); optionally plus
+  `step_loss` times the per-step output error on the float trajectory's recorded calls.
+- replay: the denoiser's relative output error on replayed calibration calls (every timestep bucket in
+  turn) against the float outputs recorded before any gate acts. No pipeline needed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..calibration import CalibrationSet
+from ..compression.sensitivity.output_metric import output_tensor
+from ..errors import DiffpressError, InputError
+from ..metrics import relative_error
+from .trajectory import RecordedCall, Trajectory, final_latents
+
+
+def check_finite(loss: torch.Tensor, where: str, remedy: str = "lower learning_rate") -> None:
+    if not torch.isfinite(loss):
+        raise DiffpressError(f"{where} diverged (loss {loss.item()}); {remedy}")
+
+
+def batches_of(items: Sequence, samples: int, batch_size: int, seed: int) -> list[tuple[list, int]]:
+    """(items, noise seed) per batch; sample i uses item i % len(items)."""
+    chosen = [items[i % len(items)] for i in range(samples)]
+    return [(chosen[start:start + batch_size], seed + index)
+            for index, start in enumerate(range(0, samples, batch_size))]
+
+
+class TrajectoryObjective:
+    """Final-latent MSE (relative to the target's power) of the gated pipeline against the float one, plus
+    `step_loss` x the mean relative output error on the float trajectory's calls (0: none)."""
+
+    def __init__(self, pipe, items: Sequence, trajectory: Trajectory, samples: int, batch_size: int, seed: int,
+                 step_loss: float = 0.0, checkpoint_steps: bool = True) -> None:
+        if pipe is None or not items:
+            raise InputError("the trajectory objective samples the pipeline: give a pipeline and prompts or labels",
+                             "objective")
+        self.pipe, self.trajectory, self.step_loss = pipe, trajectory, step_loss
+        self.checkpoint_steps = checkpoint_steps
+        self.batches = batches_of(items, samples, batch_size, seed)
+        self.calls: list[list[RecordedCall]] = [[] for _ in self.batches]
+        self.targets = [final_latents(pipe, batch, noise, trajectory, record=self.calls[i] if step_loss else None)
+                        for i, (batch, noise) in enumerate(self.batches)]
+        self.power = [t.float().square().mean().clamp_min(1e-12) for t in self.targets]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def backward(self, iteration: int, site, denoiser: nn.Module) -> float:
+        index = iteration % len(self.batches)
+        items, noise = self.batches[index]
+        latent = final_latents(self.pipe, items, noise, self.trajectory, grad=True, site=site,
+                               checkpoint_steps=self.checkpoint_steps)
+        loss = (latent.float() - self.targets[index].float()).square().mean() / self.power[index]
+        check_finite(loss, f"learning at iteration {iteration}")
+        loss.backward()
+        calls = self.calls[index] if self.step_loss else []
+        for call in calls:
+            with torch.enable_grad():
+                term = relative_error(call.output, call.replay(denoiser)) * (self.step_loss / len(calls))
+            check_finite(term, f"learning at iteration {iteration}")
+            term.backward()
+        return float(loss.detach())
+
+
+class ReplayObjective:
+    """Relative output error of the gated denoiser on replayed calibration calls, `per_bucket` per timestep
+    bucket, against the float outputs recorded at construction (before any gate acts)."""
+
+    def __init__(self, denoiser: nn.Module, calibration: CalibrationSet | None, per_bucket: int = 2) -> None:
+        from .depth import calibration_entries, denoiser_outputs
+
+        if calibration is None:
+            raise InputError("the replay objective replays calibration calls: give a calibration set", "objective")
+        self.entries = calibration_entries(calibration, per_bucket)
+        self.targets = denoiser_outputs(denoiser, self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def backward(self, iteration: int, site, denoiser: nn.Module) -> float:
+        index = iteration % len(self.entries)
+        with torch.enable_grad():
+            loss = relative_error(self.targets[index], output_tensor(denoiser(**self.entries[index].call_kwargs())))
+        check_finite(loss, f"learning at iteration {iteration}")
+        loss.backward()
+        return float(loss.detach())
+
+
+def fit_step(site, objective, denoiser: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+             masks: dict[str, torch.Tensor], budget_term: torch.Tensor | None = None) -> float:
+    """One iteration: the objective's gradient at the gate values `masks` (carried to their parameters), plus
+    `budget_term`'s, then one optimizer step. Returns the objective's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    site.masks = {name: value.detach().requires_grad_() for name, value in masks.items()}
+    try:
+        loss = objective.backward(iteration, site, denoiser)
+    finally:
+        leaves, site.masks = site.masks, {}
+    pairs = [(masks[name], leaf.grad) for name, leaf in leaves.items()
+             if leaf.grad is not None and masks[name].requires_grad]
+    if budget_term is not None and budget_term.requires_grad:
+        pairs.append((budget_term, None))
+    if pairs:
+        torch.autograd.backward([tensor for tensor, _ in pairs], [grad for _, grad in pairs])
+    optimizer.step()
+    return loss
+
+
+def progress_bar(start: int, iterations: int, label: str, progress: bool):
+    return tqdm(range(start, iterations), desc=label, unit="it", disable=not progress, initial=start,
+                total=iterations)
+
