@@ -134,6 +134,20 @@ def test_gptq_blocks_do_not_change_the_result_and_dead_inputs_get_zero_weights()
     assert torch.equal(one[:, 5], torch.zeros(32))
 
 
+def test_gptq_on_wide_layers_works_in_float32_with_the_float64_quality(monkeypatch):
+    from diffpress.compression import gptq
+
+    weight, rows = _correlated_layer(2)
+    nearest = quantize_weight(weight, QuantFormat.INT4, "per_group", 32, "mse")
+    in_float64 = dequantize(gptq.gptq_rounding(weight, nearest.scales, nearest, rows))
+    monkeypatch.setattr(gptq, "FLOAT64_COLUMNS", 16)  # this 64-column layer now counts as wide
+    assert gptq.inverse_hessian_factor(rows, 0.01)[0].dtype == torch.float32
+    in_float32 = dequantize(gptq.gptq_rounding(weight, nearest.scales, nearest, rows))
+    error64, error32 = (gptq.output_error(weight, q, rows) for q in (in_float64, in_float32))
+    assert error32 == pytest.approx(error64, rel=0.05)
+    assert (in_float32 != in_float64).float().mean() < 0.02  # a few codes at rounding ties may differ
+
+
 def test_static_scales_follow_the_bucket(pixart_calibrated):
     model, inputs, calibration = pixart_calibrated
     fqn = "transformer_blocks.0.ff.net.2"
