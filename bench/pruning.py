@@ -2,13 +2,15 @@
 
     python bench/pruning.py --model builtin:digits [--targets 0.9 0.8 0.7 0.6]
         [--methods learned taylor magnitude activation random] [--num-samples 200] [--iterations 100]
-        [--combined]
+        [--combined] [--seeds 0 1] [--learn '{"control": "penalty"}']
 
 For each (method, fraction of parameters kept): prune the float model in memory (`diffpress.prune`,
 global scope), then sample it against the float model with the eval harness at identical seeds
-(the model's own steps and guidance): PSNR/SSIM vs float, classifier accuracy, Frechet distance,
+(the model's own steps and guidance), at each evaluation seed: PSNR (bootstrap 95% interval) /SSIM vs
+float, classifier accuracy (interval), Frechet distance,
 parameters, MACs per denoiser call and sample, and measured CPU seconds per sampling step (the
-whole eval batch). taylor and activation read one calibration set of the float model (default
+whole eval batch); the learned row of each budget carries its paired PSNR difference to each baseline at
+every seed. taylor and activation read one calibration set of the float model (default
 CalibrationOptions), made once. With --combined: the learned 20% model quantized with w8a8-int8
 and w4a8-int, against those presets alone and against mixed precision (w8a8-int8 / w4a8-int, output
 metric only) at the same bytes of quantized layers as each pruned+quantized model.
@@ -31,15 +33,16 @@ import torch
 import diffpress
 from diffpress import io
 from diffpress.calibration import CalibrationOptions
-from diffpress.evaluation import EvalSettings, evaluate_pipeline, sample_reference
+from diffpress.evaluation import EvalSettings, evaluate_pipeline
 from diffpress.metrics import state_bytes
+from seeded_eval import SeededReferences
 
 
 def row_of(result, settings: EvalSettings) -> dict:
     side = result.compressed
-    return {"psnr_db": round(side.psnr_db, 2), "ssim": round(side.ssim, 4),
-            "accuracy": side.classifier_accuracy, "frechet": round(side.frechet_distance, 3),
-            "seconds_per_step": round(side.seconds / settings.steps, 4)}
+    return {"psnr_db": round(side.psnr_db, 2), "psnr_ci95_db": side.psnr_ci95_db, "ssim": round(side.ssim, 4),
+            "accuracy": side.classifier_accuracy, "accuracy_ci95": side.classifier_accuracy_ci95,
+            "frechet": round(side.frechet_distance, 3), "seconds_per_step": round(side.seconds / settings.steps, 4)}
 
 
 def calibration_for(model: str) -> diffpress.CalibrationSet:
@@ -47,11 +50,13 @@ def calibration_for(model: str) -> diffpress.CalibrationSet:
     return diffpress.calibrate(model, options=CalibrationOptions())
 
 
-def prune_rows(args, settings, reference, calibration) -> list[dict]:
+def prune_rows(args, references: SeededReferences, calibration) -> list[dict]:
+    """Every (target, method) row; the learned row of each target carries its paired PSNR difference to every
+    baseline at every seed."""
     rows = []
     for target in args.targets:
         for method in args.methods:
-            learn = {"iterations": args.iterations}
+            learn = {"iterations": args.iterations, **json.loads(args.learn)}
             started = time.perf_counter()
             outcome = diffpress.prune(args.model, target, None, method=method, learn=learn,
                                       calibration=calibration, steps=args.learn_steps)
@@ -61,11 +66,17 @@ def prune_rows(args, settings, reference, calibration) -> list[dict]:
                    "params": result.params_after, "params_kept": round(result.params_after / result.params_before, 4),
                    "macs_per_call": result.macs_after, "macs_kept": round(result.macs_after / result.macs_before, 4),
                    "prune_seconds": round(seconds, 1),
-                   **row_of(evaluate_pipeline(reference, outcome.model), settings)}
+                   **references.evaluate(f"{method}@{target}", outcome.model)[1]}
             if result.learned is not None:
-                row["final_trajectory_mse"] = round(result.learned.losses[-1], 5)
-            print(json.dumps(row), flush=True)
+                row["learn"] = result.stage.to_dict()["learn"]
+                row["final_loss"] = round(result.learned.losses[-1], 5)
+            print(json.dumps({k: v for k, v in row.items() if k != "learn"}), flush=True)
             rows.append(row)
+        learned = next((r for r in rows if r["method"] == "learned" and r["target_params"] == target), None)
+        if learned is not None:
+            learned["learned_minus"] = {m: references.paired(f"learned@{target}", f"{m}@{target}")
+                                        for m in args.methods if m != "learned"}
+            print(json.dumps({"target": target, "learned_minus": learned["learned_minus"]}), flush=True)
     return rows
 
 
@@ -131,6 +142,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--iterations", type=int, default=100, help="mask-learning iterations")
     parser.add_argument("--learn-steps", type=int, default=None, help="trajectory steps (default: the model's)")
+    parser.add_argument("--learn", default="{}", help="mask-learning options as JSON (LearnOptions fields)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="evaluation seeds; the first gives the headline columns")
     parser.add_argument("--combined", action="store_true", help="also pruned 20%% + quantization")
     parser.add_argument("--merge", action="store_true",
                         help="keep the existing result file's rows of other (method, target) pairs")
@@ -139,8 +153,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    settings = EvalSettings.for_model(args.model, args.num_samples)
-    reference = sample_reference(args.model, settings)
+    references = SeededReferences(args.model, args.num_samples, args.seeds)
+    settings, reference = references.settings, references.first
     metrics = reference.metrics
     float_row = {"method": "float", "accuracy": metrics.classifier_accuracy,
                  "frechet": round(metrics.frechet_distance, 3), "seconds_per_step": round(metrics.seconds / settings.steps, 4)}
@@ -149,14 +163,14 @@ def main() -> None:
               "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "command": "python bench/pruning.py " + " ".join(__import__("sys").argv[1:]),
               "eval": {"num_samples": settings.num_samples, "steps": settings.steps,
-                       "guidance_scale": settings.guidance_scale, "seed": settings.seed},
+                       "guidance_scale": settings.guidance_scale, "seeds": args.seeds},
               "float": float_row, "rows": [], "combined": []}
     if args.no_rows:
         previous = json.loads(out.read_text())
         result.update(rows=previous["rows"], rows_command=previous.get("rows_command", previous["command"]))
     else:
         calibration = calibration_for(args.model) if {"taylor", "activation"} & set(args.methods) else None
-        result["rows"] = prune_rows(args, settings, reference, calibration)
+        result["rows"] = prune_rows(args, references, calibration)
         if args.merge and out.exists():
             result["rows"] = merged(json.loads(out.read_text()), result, args)
         out.write_text(json.dumps(result, indent=1) + "\n")  # kept even if the combined part fails

@@ -88,10 +88,14 @@ class BudgetControl(str, enum.Enum):
     the expected kept fraction equals the budget of the moment, which falls from 1 to the target over the
     first `warmup` of the iterations (cubic, as gradual pruning schedules do) and then stays: no weight to
     tune, and the mask is fitted at the target it will be cut to; `penalty` adds
-    penalty * relu(expected kept fraction - target), its weight ramped in over `warmup`."""
+    penalty * relu(expected kept fraction - target), its weight ramped in over `warmup`; `topk` draws every
+    mask hard at the budget of the moment (the same schedule as projected): the units of highest noisy logit
+    that fit, with a straight-through gradient, so training sees exactly the kind of mask the final cut
+    makes."""
 
     PROJECTED = "projected"
     PENALTY = "penalty"
+    TOPK = "topk"
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class LearnOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InputError(f"{name} must be a positive number, got {value!r}", name)
         if self.warmup is None:
-            object.__setattr__(self, "warmup", 0.5 if self.control is BudgetControl.PROJECTED else 0.1)
+            object.__setattr__(self, "warmup", 0.1 if self.control is BudgetControl.PENALTY else 0.5)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup <= 1:
             raise InputError(f"warmup must be a fraction in [0, 1], got {self.warmup!r}", "warmup")
         value = self.step_loss

@@ -94,6 +94,29 @@ def test_gates_values_and_open_probabilities():
     assert all(((v >= 0) & (v <= 1)).all() for v in samples)
 
 
+def test_gates_drawn_at_the_budget_are_hard_fit_it_and_carry_a_gradient():
+    model, _ = build("unet2d")
+    groups = find_groups(model)
+    for group in groups:
+        group.params_per_unit = 10 if group.kind is UnitKind.HEAD else 3
+    gates = Gates(groups, init=0.0)
+    with torch.no_grad():
+        for logit in gates.logits:
+            logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(logit.numel())))
+    costs = torch.cat([torch.full((g.count,), float(g.params_per_unit)) for g in groups])
+    allowed = 0.6 * float(costs.sum())
+    values = gates.sample_at_budget(torch.Generator().manual_seed(0), allowed, "params", temperature=1e-6)
+    flat = torch.cat(values)
+    assert set(flat.detach().unique().tolist()) <= {0.0, 1.0}
+    assert float((flat.detach() * costs).sum()) <= allowed
+    assert float((flat.detach() * costs).sum()) > allowed - float(costs.max())  # filled up to one unit
+    logits = torch.cat([l.detach() for l in gates.logits])
+    assert logits[flat.detach() == 1].min() >= logits[flat.detach() == 0].max()  # no noise: the top logits
+    noisy = torch.cat(gates.sample_at_budget(torch.Generator().manual_seed(0), allowed, "params", temperature=1.0))
+    (noisy * torch.arange(len(noisy), dtype=torch.float32)).sum().backward()
+    assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in gates.logits)
+
+
 def test_budget_selection_meets_the_target_keeps_one_unit_and_refuses_the_unreachable():
     model, _ = build("unet2d_condition")
     groups = find_groups(model)
@@ -241,6 +264,15 @@ def test_a_trainable_parameter_gets_the_same_gradient_through_checkpointed_steps
         gradients.append(weight.grad.clone())
     assert gradients[0].abs().sum() > 0
     assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-7)
+
+
+def test_topk_mask_learning_draws_masks_at_the_scheduled_budget():
+    learn = dict(iterations=4, samples=2, batch_size=2, learning_rate=0.5, warmup=0.5, control="topk")
+    outcome = diffpress.prune("builtin:digits", 0.75, None, steps=3, learn=learn)
+    kept = outcome.result.learned.kept_fraction
+    expected = [0.75 + 0.25 * (1 - min(1, (i + 1) / 2)) ** 3 for i in range(4)]
+    assert all(e - 0.01 <= k <= e + 1e-6 for k, e in zip(kept, expected))  # within one unit below the budget
+    assert outcome.result.params_after <= 0.75 * outcome.result.params_before
 
 
 def test_penalty_mask_learning_moves_the_gates_toward_the_budget(tmp_path):

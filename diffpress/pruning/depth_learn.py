@@ -107,7 +107,7 @@ class FreeDepthGates(nn.Module):
             relaxed = relaxed + torch.log((1.0 - taken).clamp_min(1e-20))
             taken = torch.softmax(relaxed / tau, dim=0)
             soft = soft + taken
-        removal = hard + soft - soft.detach()
+        removal = hard + (soft - soft.detach())  # exactly 0 or 1 forward
         return {block.name: 1.0 - removal[i] for i, block in enumerate(self.blocks)}
 
     def chosen(self) -> list[Block]:
@@ -133,7 +133,7 @@ class GroupDepthGates(nn.Module):
             soft = torch.softmax((logit + _gumbel(logit.shape, generator)) / tau, dim=0)
             hard = torch.zeros_like(soft)
             hard[soft.detach().argmax()] = 1.0
-            choice = hard + soft - soft.detach()  # straight-through
+            choice = hard + (soft - soft.detach())  # straight-through, exactly 0 or 1 forward
             for index, block in enumerate(group.blocks):
                 keeps = [c for c, combo in enumerate(group.combinations) if index in combo]
                 gates[block.name] = choice[keeps].sum()

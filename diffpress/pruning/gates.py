@@ -64,6 +64,31 @@ class Gates(nn.Module):
         attribute = "params_per_unit" if cost == "params" else "macs_per_unit"
         return sum((p * getattr(g, attribute)).sum() for p, g in zip(self.open_probability(), self.groups))
 
+    def sample_at_budget(self, generator: torch.Generator, allowed: float, cost: str, temperature: float
+                         ) -> list[torch.Tensor]:
+        """Hard 0/1 gates at the budget, with a straight-through gradient: the units of highest
+        key = logit + temperature * Gumbel noise are kept while their summed parameters (or MACs) fit `allowed`
+        (the selection the final cut makes, on noisy logits); the gradient is that of
+        sigmoid((key - threshold) / temperature), the threshold halfway between the last kept and the first
+        dropped key."""
+        attribute = "params_per_unit" if cost == "params" else "macs_per_unit"
+        logits = torch.cat(list(self.logits))
+        costs = torch.cat([torch.full((g.count,), float(getattr(g, attribute))) for g in self.groups])
+        uniform = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9).to(logits)
+        keys = logits + temperature * -torch.log(-torch.log(uniform))
+        order = keys.detach().argsort(descending=True)
+        fits = costs[order].cumsum(0) <= allowed * (1 + 1e-9)
+        hard = torch.zeros_like(keys)
+        hard[order[fits]] = 1.0
+        kept_count = int(fits.sum())
+        if 0 < kept_count < len(order):
+            threshold = (keys[order[kept_count - 1]] + keys[order[kept_count]]).detach() / 2
+        else:
+            threshold = keys.detach().min() - 1.0 if kept_count else keys.detach().max() + 1.0
+        soft = torch.sigmoid((keys - threshold) / temperature)
+        values = hard + (soft - soft.detach())  # exactly 0 or 1 forward
+        return list(values.split([g.count for g in self.groups]))
+
     @torch.no_grad()
     def project(self, allowed: float, cost: str = "params") -> float:
         """Shift every logit by one constant so that the expected kept parameters (or MACs) of the gated units

@@ -15,6 +15,10 @@ probability of being open) is held by `control`:
   target over the first `warmup` of the iterations (cubic: fast first, gently at the end) and then
   stays. The loss alone decides which units close, and the mask is fitted at the budget it will be
   cut to.
+- topk: every iteration draws a hard mask at the budget of the moment (the same schedule): the units
+  of highest logit + T * Gumbel noise whose parameters (or MACs) fit, which is the selection the final
+  cut makes; the gradient reaches the logits straight through sigmoid((key - threshold) / T), the
+  threshold between the last kept and the first dropped unit. T anneals from 1 to 0.05.
 - penalty: + w(i) * relu(expected kept fraction - target), w ramping from 0 to `penalty` over the
   first `warmup` of the iterations. Adam normalizes each logit's gradient, so every logit falls at
   about the learning rate until the fraction is under the target, whatever the target.
@@ -40,6 +44,8 @@ from .select import PruneBudget, unit_cost
 from .trajectory import Trajectory
 from .training import frozen_weights, loop_state, restore_loop
 from .units import PruneGroup
+
+TOPK_TEMPERATURE = (1.0, 0.05)  # topk control: noise scale and straight-through temperature, first -> last iteration
 
 
 @dataclass
@@ -71,9 +77,10 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     projected = options.control is BudgetControl.PROJECTED
+    at_budget = options.control is BudgetControl.TOPK
 
     def scheduled(iteration: int) -> float:
-        """Expected cost of the gated units allowed after `iteration` (projected control)."""
+        """Cost of the gated units allowed after `iteration` (projected: expected; topk: drawn)."""
         ramp = max(1.0, options.warmup * options.iterations)
         fraction = budget.target + (1.0 - budget.target) * (1.0 - min(1.0, (iteration + 1) / ramp)) ** 3
         return fraction * total - fixed
@@ -90,9 +97,15 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
             progress_bar(start, options.iterations, "learn mask", progress) as bar:
         for iteration in bar:
-            masks = column_masks(denoiser, groups, gates.sample(generator))
+            if at_budget:
+                temperature = TOPK_TEMPERATURE[0] * (TOPK_TEMPERATURE[1] / TOPK_TEMPERATURE[0]) ** (
+                    iteration / max(1, options.iterations - 1))
+                values = gates.sample_at_budget(generator, scheduled(iteration), budget.cost.value, temperature)
+            else:
+                values = gates.sample(generator)
+            masks = column_masks(denoiser, groups, values)
             term = None
-            if not projected:
+            if options.control is BudgetControl.PENALTY:
                 fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
                 weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))
                 term = weight * torch.relu(fraction - budget.target)
@@ -100,7 +113,11 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
             if projected:
                 gates.project(scheduled(iteration), budget.cost.value)
             with torch.no_grad():
-                kept.append(float((fixed + gates.expected_kept(budget.cost.value)) / total))
+                if at_budget:
+                    used = sum((v.detach() * unit_cost(g, budget.cost)).sum() for v, g in zip(values, groups))
+                    kept.append(float((fixed + used) / total))
+                else:
+                    kept.append(float((fixed + gates.expected_kept(budget.cost.value)) / total))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
             if iteration + 1 < options.iterations and checkpoints.snapshot_due():
                 checkpoints.write_snapshot(*loop_state(gates, optimizer, generator, iteration + 1,
