@@ -67,6 +67,11 @@ class LearnObjective(str, enum.Enum):
     TRAJECTORY = "trajectory"
     REPLAY = "replay"
 
+    @classmethod
+    def default(cls, has_pipeline: bool) -> "LearnObjective":
+        """What a stage that names none fits: the trajectory where the model has a pipeline to sample."""
+        return cls.TRAJECTORY if has_pipeline else cls.REPLAY
+
 
 class DepthPattern(str, enum.Enum):
     """Which sets of blocks the learned depth mask draws: any `remove_blocks` of them (free), or TinyFusion's
@@ -112,11 +117,12 @@ class LearnOptions:
     batch_size: int = 4
     samples: int = 32
     learning_rate: float = 0.1
-    control: BudgetControl = BudgetControl.PROJECTED
+    control: BudgetControl = BudgetControl.PENALTY
     penalty: float = 5.0
     warmup: float | None = None  # default: 0.5 projected, 0.1 penalty
     step_loss: float = 0.0
-    objective: LearnObjective | None = None  # default: trajectory for width, replay for blocks
+    mask_checks: int = 10  # binarized-mask checks during learning; the best cut's logits are kept (0: the last)
+    objective: LearnObjective | None = None  # default: trajectory where there is a pipeline, else replay
     depth_pattern: DepthPattern = DepthPattern.FREE  # blocks only
     depth_init: DepthInit = DepthInit.ONESHOT  # blocks only, free pattern
     lora_rank: int = 0  # blocks only: LoRA adapters co-trained with the depth mask (0: none)
@@ -131,6 +137,7 @@ class LearnOptions:
         require_int(self.batch_size, "batch_size", 1)
         require_int(self.samples, "samples", 1)
         require_int(self.lora_rank, "lora_rank", 0)
+        require_int(self.mask_checks, "mask_checks", 0)
         for name, kind in (("gate", GateKind), ("control", BudgetControl), ("objective", LearnObjective),
                            ("depth_pattern", DepthPattern), ("depth_init", DepthInit)):
             if getattr(self, name) is None:

@@ -110,8 +110,7 @@ def prune_subject(subject: Subject, stage: PruneStage, calibration, progress: bo
 
     pipe = None
     learned = stage.method is Method.LEARNED
-    objective = stage.learn.objective or (LearnObjective.TRAJECTORY if stage.unit is Unit.WIDTH
-                                          else LearnObjective.REPLAY)
+    objective = stage.learn.objective or LearnObjective.default(subject.has_pipeline)
     if subject.has_pipeline:
         pipe = subject.pipeline("pruning")
     elif learned and objective is LearnObjective.TRAJECTORY:

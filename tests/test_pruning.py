@@ -214,7 +214,7 @@ def test_a_recipe_prunes_then_quantizes_in_one_run(tmp_path):
 
 
 def test_projected_mask_learning_holds_the_scheduled_budget_at_every_iteration():
-    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, warmup=0.5)
+    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, warmup=0.5, control="projected")
     outcome = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn)
     result = outcome.result
     kept = result.learned.kept_fraction
@@ -273,6 +273,19 @@ def test_topk_mask_learning_draws_masks_at_the_scheduled_budget():
     expected = [0.75 + 0.25 * (1 - min(1, (i + 1) / 2)) ** 3 for i in range(4)]
     assert all(e - 0.01 <= k <= e + 1e-6 for k, e in zip(kept, expected))  # within one unit below the budget
     assert outcome.result.params_after <= 0.75 * outcome.result.params_before
+
+
+def test_mask_learning_keeps_the_logits_of_the_best_binarized_cut():
+    learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, mask_checks=3)
+    learned = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn).result.learned
+    assert [c["iteration"] for c in learned.checks] == [2, 4, 6]
+    losses = [c["loss"] for c in learned.checks]
+    assert all(loss > 0 for loss in losses)
+    assert learned.best_iteration == learned.checks[losses.index(min(losses))]["iteration"]
+    expected = learned.best if learned.best_iteration != 6 else list(learned.gates.logits)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(learned.scores(), expected))
+    unchecked = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn={**learn, "mask_checks": 0})
+    assert unchecked.result.learned.checks == [] and unchecked.result.learned.best is None
 
 
 def test_penalty_mask_learning_moves_the_gates_toward_the_budget(tmp_path):

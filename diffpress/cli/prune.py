@@ -64,9 +64,9 @@ def register(subparsers) -> None:
                        default=defaults("learning_rate"), metavar="LR",
                        help=f"Adam learning rate of the gate logits (default {defaults('learning_rate')})")
     learn.add_argument("--objective", choices=options.enum_values(LearnObjective), default=None,
-                       help="what the mask is fitted on: trajectory (final latent of whole sampling runs; default "
-                            "for width) or replay (denoiser output on replayed calibration calls; default for "
-                            "blocks)")
+                       help="what the mask is fitted on: trajectory (final latent of whole sampling runs; the "
+                            "default where the model has a pipeline) or replay (denoiser output on replayed "
+                            "calibration calls; fast, no pipeline needed)")
     learn.add_argument("--step-loss", dest="step_loss", type=options.number(0, inclusive=True),
                        default=defaults("step_loss"), metavar="W",
                        help="weight of a per-step output loss on the float trajectory's calls, beside the final "

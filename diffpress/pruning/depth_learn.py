@@ -19,9 +19,10 @@ straight-through sample. Two patterns (`DepthPattern`):
 
 The temperature anneals from 4 to 0.1. With `init` oneshot the free logits start from the blocks'
 single-removal losses (standardized -log loss, x2: the one-shot set is the likeliest first draw,
-others are explored); uniform starts at zero. The objective (`fit.py`) is the denoiser's output
-error on replayed calibration calls (replay, default) or the final latent of whole sampling
-trajectories (trajectory). With `lora_rank` > 0, LoRA adapters (peft) on every Linear and Conv2d
+others are explored); uniform starts at zero. The objective (`fit.py`) is the final latent of
+whole sampling trajectories against the float model's (trajectory: the default where the model has a
+pipeline) or the denoiser's output error on replayed calibration calls (replay: fast, needs no
+pipeline). With `lora_rank` > 0, LoRA adapters (peft) on every Linear and Conv2d
 inside the blocks train jointly with the logits (TinyFusion's recoverability: the search favours
 sets that recover well, not those with the least immediate loss); the adapters are discarded after
 the search (recovery distills the chosen model). After training, the most probable set is removed.
@@ -44,7 +45,7 @@ from ..errors import InputError
 from ..prune_stage import DepthInit, DepthPattern, LearnObjective, LearnOptions
 from .blocks import Block
 from .fit import fit_step, progress_bar
-from .learn import objective_for
+from .learn import objective_for, objective_kind
 from .trajectory import Trajectory
 from .training import frozen_weights
 
@@ -221,7 +222,7 @@ class LearnedDepth:
     probabilities: list[list[float]]  # free: the removal softmax over blocks; nm: per group, over combinations
     seconds: float
     pattern: str = DepthPattern.FREE.value
-    objective: str = LearnObjective.REPLAY.value
+    objective: str = LearnObjective.TRAJECTORY.value
 
 
 def _initial_logits(model: nn.Module, blocks: list[Block], calibration: CalibrationSet | None,
@@ -242,13 +243,12 @@ def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration:
                 options: LearnOptions = LearnOptions(), *, pipe=None, items=None, trajectory: Trajectory | None = None,
                 group_size: int = 4, progress: bool = False) -> LearnedDepth:
     started = time.perf_counter()
-    objective_kind = options.objective or LearnObjective.REPLAY
+    kind = objective_kind(options, pipe, items)
     if options.depth_pattern is DepthPattern.NM:
         gates: FreeDepthGates | GroupDepthGates = GroupDepthGates(blocks, remove, group_size)
     else:
         gates = FreeDepthGates(blocks, remove, _initial_logits(model, blocks, calibration, options))
-    objective = objective_for(options, pipe, items, trajectory or Trajectory(10), model, calibration,
-                              LearnObjective.REPLAY)
+    objective = objective_for(options, pipe, items, trajectory or Trajectory(10), model, calibration)
     generator = torch.Generator().manual_seed(options.seed)
     losses = []
     with frozen_weights(model), BlockSite(model, blocks) as site, \
@@ -263,5 +263,5 @@ def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration:
             losses.append(fit_step(site, objective, model, optimizer, iteration, gates.sample(generator, tau)))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
     return LearnedDepth(gates.chosen(), losses, gates.probabilities(), time.perf_counter() - started,
-                        options.depth_pattern.value, objective_kind.value)
+                        options.depth_pattern.value, kind.value)
 

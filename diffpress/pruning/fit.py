@@ -63,6 +63,13 @@ class TrajectoryObjective:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def evaluate(self, site, denoiser: nn.Module) -> float:
+        """The mean final-latent loss over every batch with the gates `site` holds, without a gradient."""
+        losses = [float((final_latents(self.pipe, items, noise, self.trajectory).float() - target.float())
+                        .square().mean() / power)
+                  for (items, noise), target, power in zip(self.batches, self.targets, self.power)]
+        return sum(losses) / len(losses)
+
     def backward(self, iteration: int, site, denoiser: nn.Module) -> float:
         index = iteration % len(self.batches)
         items, noise = self.batches[index]
@@ -94,6 +101,13 @@ class ReplayObjective:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def evaluate(self, site, denoiser: nn.Module) -> float:
+        """The mean output error over every replayed call with the gates `site` holds, without a gradient."""
+        with torch.no_grad():
+            losses = [float(relative_error(target, output_tensor(denoiser(**entry.call_kwargs()))))
+                      for entry, target in zip(self.entries, self.targets)]
+        return sum(losses) / len(losses)
 
     def backward(self, iteration: int, site, denoiser: nn.Module) -> float:
         index = iteration % len(self.entries)

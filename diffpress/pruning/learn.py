@@ -10,7 +10,7 @@ where the optional per-step term replays the float trajectory's denoiser calls x
 denoiser (`fit.TrajectoryObjective`; objective replay fits on replayed calibration calls instead). The budget on the expected kept fraction (each unit's parameters or MACs times its
 probability of being open) is held by `control`:
 
-- projected (default): after every Adam step all logits move by one constant (found by bisection)
+- projected: after every Adam step all logits move by one constant (found by bisection)
   so the expected kept fraction is exactly the budget of the moment, which falls from 1 to the
   target over the first `warmup` of the iterations (cubic: fast first, gently at the end) and then
   stays. The loss alone decides which units close, and the mask is fitted at the budget it will be
@@ -19,28 +19,33 @@ probability of being open) is held by `control`:
   of highest logit + T * Gumbel noise whose parameters (or MACs) fit, which is the selection the final
   cut makes; the gradient reaches the logits straight through sigmoid((key - threshold) / T), the
   threshold between the last kept and the first dropped unit. T anneals from 1 to 0.05.
-- penalty: + w(i) * relu(expected kept fraction - target), w ramping from 0 to `penalty` over the
-  first `warmup` of the iterations. Adam normalizes each logit's gradient, so every logit falls at
+- penalty (default: it measured best in image PSNR, bench/mask_learning.py): + w(i) * relu(expected
+  kept fraction - target), w ramping from 0 to `penalty` over the first `warmup` of the iterations. Adam normalizes each logit's gradient, so every logit falls at
   about the learning rate until the fraction is under the target, whatever the target.
 
-Only the gate logits are trained; the model's weights are frozen. Gradients are accumulated on the
+Every iterations / `mask_checks` iterations (and at the end) the logits are cut to the budget, as the
+final selection cuts them, and that binary mask's loss is measured without noise on the same targets;
+the logits of the best cut are the scores (the penalty descent ranks units differently at different
+depths of the descent, and the best ranking for a mild budget comes early). Only the gate logits are
+trained; the model's weights are frozen. Gradients are accumulated on the
 column masks one denoiser step at a time and passed to the logits once per iteration (`fit.fit_step`),
 so memory is one step's graph whatever the number of steps.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from .. import resume
 from ..calibration import CalibrationSet
-from ..prune_stage import BudgetControl, LearnObjective, LearnOptions
+from ..prune_stage import BudgetControl, LearnObjective, LearnOptions, Scope
 from .fit import ReplayObjective, TrajectoryObjective, fit_step, progress_bar
 from .gates import Gates, GateSite, column_masks
-from .select import PruneBudget, unit_cost
+from .select import PruneBudget, select, unit_cost
 from .trajectory import Trajectory
 from .training import frozen_weights, loop_state, restore_loop
 from .units import PruneGroup
@@ -54,15 +59,50 @@ class LearnedMask:
     losses: list[float]
     kept_fraction: list[float]
     seconds: float
+    checks: list[dict] = field(default_factory=list)  # {"iteration", "loss"} of each binarized-mask check
+    best_iteration: int | None = None  # whose logits the scores are (None: the last iteration's)
+    best: list[torch.Tensor] | None = None
 
     def scores(self) -> list[torch.Tensor]:
-        return [logit.detach().clone() for logit in self.gates.logits]
+        chosen = self.best if self.best is not None else self.gates.logits
+        return [logit.detach().clone() for logit in chosen]
+
+
+class _Tracked(nn.Module):
+    """What a mask-learning checkpoint holds besides the optimizer: the gates, and the logits of the best
+    binarized mask checked so far."""
+
+    def __init__(self, gates: Gates) -> None:
+        super().__init__()
+        self.gates = gates
+        self.best = nn.ParameterList([nn.Parameter(logit.detach().clone(), requires_grad=False)
+                                      for logit in gates.logits])
+
+
+def binarized_loss(objective, site: GateSite, denoiser: nn.Module, groups: list[PruneGroup],
+                   kept: list[torch.Tensor]) -> float:
+    """The objective's loss (no gradient) with the units of `kept` open and every other unit removed."""
+    values = []
+    for group, indices in zip(groups, kept):
+        value = torch.zeros(group.count)
+        value[indices] = 1.0
+        values.append(value)
+    site.set(values)
+    try:
+        return objective.evaluate(site, denoiser)
+    finally:
+        site.set(None)
+
+
+def objective_kind(options: LearnOptions, pipe, items: Sequence | None) -> LearnObjective:
+    """The objective `options` names, else the trajectory where there is a pipeline and items to sample."""
+    return options.objective or LearnObjective.default(pipe is not None and bool(items))
 
 
 def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Trajectory, denoiser,
-                  calibration: CalibrationSet | None, default: LearnObjective):
-    """The objective `options` asks for (`default` when it names none)."""
-    if (options.objective or default) is LearnObjective.REPLAY:
+                  calibration: CalibrationSet | None):
+    """The objective `options` asks for (`objective_kind`)."""
+    if objective_kind(options, pipe, items) is LearnObjective.REPLAY:
         return ReplayObjective(denoiser, calibration)
     return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
                                options.step_loss, options.checkpoint_steps)
@@ -70,9 +110,10 @@ def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Traj
 
 def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajectory: Trajectory,
                budget: PruneBudget, total: float, options: LearnOptions = LearnOptions(),
-               progress: bool = False, calibration: CalibrationSet | None = None) -> LearnedMask:
+               progress: bool = False, calibration: CalibrationSet | None = None,
+               scope: Scope = Scope.GLOBAL) -> LearnedMask:
     started = time.perf_counter()
-    objective = objective_for(options, pipe, items, trajectory, denoiser, calibration, LearnObjective.TRAJECTORY)
+    objective = objective_for(options, pipe, items, trajectory, denoiser, calibration)
     gates = Gates(groups, options.gate, options.init_logit)
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
@@ -86,11 +127,14 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
         return fraction * total - fixed
 
     generator = torch.Generator().manual_seed(options.seed)
-    losses, kept = [], []
+    tracked = _Tracked(gates)
+    history: dict = {"losses": [], "kept": [], "checks": [], "best": None}
+    losses, kept = history["losses"], history["kept"]
+    every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
     checkpoints = resume.stage("mask-learning")
     start = 0
     if (snapshot := checkpoints.latest_snapshot()) is not None:
-        start, history = restore_loop(gates, optimizer, generator, *snapshot)
+        start, history = restore_loop(tracked, optimizer, generator, *snapshot)
         losses, kept = history["losses"], history["kept"]
     elif projected:
         gates.project(scheduled(0), budget.cost.value)
@@ -118,8 +162,26 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
                     kept.append(float((fixed + used) / total))
                 else:
                     kept.append(float((fixed + gates.expected_kept(budget.cost.value)) / total))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", kept=f"{kept[-1]:.3f}")
+            if every and ((iteration + 1) % every == 0 or iteration + 1 == options.iterations):
+                _check(history, tracked, objective, site, denoiser, groups, total, budget, scope, iteration)
+            postfix = {"loss": f"{losses[-1]:.4f}", "kept": f"{kept[-1]:.3f}"}
+            if history["checks"]:
+                postfix["best cut"] = f"{min(c['loss'] for c in history['checks']):.4f}"
+            bar.set_postfix(postfix)
             if iteration + 1 < options.iterations and checkpoints.snapshot_due():
-                checkpoints.write_snapshot(*loop_state(gates, optimizer, generator, iteration + 1,
-                                                       {"losses": losses, "kept": kept}))
-    return LearnedMask(gates, losses, kept, time.perf_counter() - started)
+                checkpoints.write_snapshot(*loop_state(tracked, optimizer, generator, iteration + 1, history))
+    best = [b.detach().clone() for b in tracked.best] if history["best"] is not None else None
+    return LearnedMask(gates, losses, kept, time.perf_counter() - started, history["checks"], history["best"], best)
+
+
+def _check(history: dict, tracked: _Tracked, objective, site: GateSite, denoiser, groups, total: float,
+           budget: PruneBudget, scope: Scope, iteration: int) -> None:
+    """Cut the current logits to the budget, measure that mask, and keep the logits if it is the best so far."""
+    kept = select(groups, [logit.detach() for logit in tracked.gates.logits], total, budget, scope)
+    loss = binarized_loss(objective, site, denoiser, groups, kept)
+    history["checks"].append({"iteration": iteration + 1, "loss": loss})
+    if history["best"] is None or loss < min(c["loss"] for c in history["checks"][:-1]):
+        history["best"] = iteration + 1
+        with torch.no_grad():
+            for best, logit in zip(tracked.best, tracked.gates.logits):
+                best.copy_(logit)

@@ -76,7 +76,7 @@ def _scores(stage: PruneStage, pipe, denoiser, groups, items, calibration, total
                          "calibration")
     if method is Method.LEARNED:
         learned = learn_mask(pipe, denoiser, groups, items, trajectory, PruneBudget(stage.target, stage.cost), total,
-                             stage.learn, progress, calibration)
+                             stage.learn, progress, calibration, stage.scope)
         return learned.scores(), learned
     if method is Method.RANDOM:
         return random_scores(groups, stage.seed), None
