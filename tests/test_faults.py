@@ -288,14 +288,14 @@ def test_mask_learning_resumes_to_the_same_mask(tmp_path, monkeypatch):
     reference = run(tmp_path / "reference", checkpoint_every=None)
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
-        _interrupt_on_call(patch, learn, "optimizer_step", 5)
+        _interrupt_on_call(patch, learn, "fit_step", 5)
         with pytest.raises(KeyboardInterrupt):
             run(out, checkpoint_every=0)
     snapshot = resume.StageCheckpoints(resume.work_path(out) / "mask-learning-1").latest_snapshot()
     assert snapshot is not None and snapshot[1]["iteration"] == 4
     with monkeypatch.context() as patch:
-        steps, original = [], learn.optimizer_step
-        patch.setattr(learn, "optimizer_step", lambda *a: (steps.append(1), original(*a))[1])
+        steps, original = [], learn.fit_step
+        patch.setattr(learn, "fit_step", lambda *a, **k: (steps.append(1), original(*a, **k))[1])
         resumed = run(out, resume=True)
     assert len(steps) == 2  # iterations 5 and 6 only
     assert resumed.result.params_after == reference.result.params_after
