@@ -88,6 +88,14 @@ class DepthInit(str, enum.Enum):
     UNIFORM = "uniform"
 
 
+class WarmStart(str, enum.Enum):
+    """Where the width mask's logits start: all at init_logit (none), or spread by each unit's first-order
+    (taylor) output change on the learning trajectories' own calls."""
+
+    NONE = "none"
+    TAYLOR = "taylor"
+
+
 class BudgetControl(str, enum.Enum):
     """How mask learning holds the budget: `projected` shifts every logit by one constant after each step so
     the expected kept fraction equals the budget of the moment, which falls from 1 to the target over the
@@ -121,6 +129,7 @@ class LearnOptions:
     penalty: float = 5.0
     warmup: float | None = None  # default: 0.5 projected, 0.1 penalty
     step_loss: float = 0.0
+    warm_start: WarmStart = WarmStart.NONE
     mask_checks: int = 10  # binarized-mask checks during learning; the best cut's logits are kept (0: the last)
     objective: LearnObjective | None = None  # default: trajectory where there is a pipeline, else replay
     depth_pattern: DepthPattern = DepthPattern.FREE  # blocks only
@@ -139,7 +148,8 @@ class LearnOptions:
         require_int(self.lora_rank, "lora_rank", 0)
         require_int(self.mask_checks, "mask_checks", 0)
         for name, kind in (("gate", GateKind), ("control", BudgetControl), ("objective", LearnObjective),
-                           ("depth_pattern", DepthPattern), ("depth_init", DepthInit)):
+                           ("depth_pattern", DepthPattern), ("depth_init", DepthInit),
+                           ("warm_start", WarmStart)):
             if getattr(self, name) is None:
                 continue
             try:

@@ -288,6 +288,20 @@ def test_mask_learning_keeps_the_logits_of_the_best_binarized_cut():
     assert unchecked.result.learned.checks == [] and unchecked.result.learned.best is None
 
 
+def test_a_taylor_warm_start_orders_the_logits_as_the_scores():
+    from diffpress.pruning.learn import warm_start
+
+    model, _ = build("unet2d")
+    groups = find_groups(model)
+    gates = Gates(groups, init=3.0)
+    scores = [torch.rand(g.count, generator=torch.Generator().manual_seed(i)) + 0.01 for i, g in enumerate(groups)]
+    warm_start(gates, scores)
+    logits = torch.cat([l.detach() for l in gates.logits])
+    assert logits.mean() == pytest.approx(3.0, abs=1e-5)
+    assert torch.equal(logits.argsort(), torch.cat(scores).argsort())
+    assert logits.std() == pytest.approx(1.0, rel=1e-3)  # spread 1: one standard deviation of log score
+
+
 def test_penalty_mask_learning_moves_the_gates_toward_the_budget(tmp_path):
     learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, warmup=0.1,
                  control="penalty")

@@ -45,10 +45,12 @@ def batches_of(items: Sequence, samples: int, batch_size: int, seed: int) -> lis
 
 class TrajectoryObjective:
     """Final-latent MSE (relative to the target's power) of the gated pipeline against the float one, plus
-    `step_loss` x the mean relative output error on the float trajectory's calls (0: none)."""
+    `step_loss` x the mean relative output error on the float trajectory's calls (0: none). The float
+    trajectories' denoiser calls are kept (on the CPU) for every batch with a step loss, else for the first
+    `record_batches` (what `sample_calls` draws from)."""
 
     def __init__(self, pipe, items: Sequence, trajectory: Trajectory, samples: int, batch_size: int, seed: int,
-                 step_loss: float = 0.0, checkpoint_steps: bool = True) -> None:
+                 step_loss: float = 0.0, checkpoint_steps: bool = True, record_batches: int = 0) -> None:
         if pipe is None or not items:
             raise InputError("the trajectory objective samples the pipeline: give a pipeline and prompts or labels",
                              "objective")
@@ -56,12 +58,20 @@ class TrajectoryObjective:
         self.checkpoint_steps = checkpoint_steps
         self.batches = batches_of(items, samples, batch_size, seed)
         self.calls: list[list[RecordedCall]] = [[] for _ in self.batches]
-        self.targets = [final_latents(pipe, batch, noise, trajectory, record=self.calls[i] if step_loss else None)
+        recorded = len(self.batches) if step_loss else min(len(self.batches), record_batches)
+        self.targets = [final_latents(pipe, batch, noise, trajectory, record=self.calls[i] if i < recorded else None)
                         for i, (batch, noise) in enumerate(self.batches)]
         self.power = [t.float().square().mean().clamp_min(1e-12) for t in self.targets]
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    def sample_calls(self, denoiser: nn.Module, count: int) -> list:
+        """`count` of the float trajectories' recorded calls, spread evenly over batches and steps, as
+        zero-argument callables that replay them through `denoiser`."""
+        every = [call for calls in self.calls for call in calls]
+        picked = every[::max(1, len(every) // count)][:count]
+        return [lambda call=call: call.replay(denoiser) for call in picked]
 
     def evaluate(self, site, denoiser: nn.Module) -> float:
         """The mean final-latent loss over every batch with the gates `site` holds, without a gradient."""
@@ -101,6 +111,11 @@ class ReplayObjective:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def sample_calls(self, denoiser: nn.Module, count: int) -> list:
+        """Up to `count` of the replayed calls, spread evenly, as zero-argument callables."""
+        picked = self.entries[::max(1, len(self.entries) // count)][:count]
+        return [lambda entry=entry: denoiser(**entry.call_kwargs()) for entry in picked]
 
     def evaluate(self, site, denoiser: nn.Module) -> float:
         """The mean output error over every replayed call with the gates `site` holds, without a gradient."""

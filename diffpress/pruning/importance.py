@@ -64,14 +64,21 @@ def activation_scores(model: nn.Module, groups: list[PruneGroup], calibration: C
 
 def taylor_scores(model: nn.Module, groups: list[PruneGroup], calibration: CalibrationSet, per_bucket: int = 2,
                   probes: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    calls = [lambda entry=entry: model(**entry.call_kwargs()) for entry in calibration.entries(per_bucket)]
+    return taylor_scores_on(model, groups, calls, probes, seed)
+
+
+def taylor_scores_on(model: nn.Module, groups: list[PruneGroup], calls, probes: int = 2,
+                     seed: int = 0) -> list[torch.Tensor]:
+    """The taylor scores over `calls`: zero-argument callables that each run one denoiser call of `model`."""
     generator = torch.Generator().manual_seed(seed)
     gates = [torch.ones(g.count, requires_grad=True) for g in groups]
     scores = [torch.zeros(g.count) for g in groups]
     with frozen_weights(model), GateSite(model, groups) as site:
-        for entry in calibration.entries(per_bucket):
+        for call in calls:
             site.set(gates)
             with torch.enable_grad():
-                output = output_tensor(model(**entry.call_kwargs())).float()
+                output = output_tensor(call()).float()
                 for _ in range(probes):
                     direction = torch.randn(output.shape, generator=generator).to(output)
                     grads = torch.autograd.grad((output * direction).sum(), gates, retain_graph=True)

@@ -23,7 +23,10 @@ probability of being open) is held by `control`:
   kept fraction - target), w ramping from 0 to `penalty` over the first `warmup` of the iterations. Adam normalizes each logit's gradient, so every logit falls at
   about the learning rate until the fraction is under the target, whatever the target.
 
-Every iterations / `mask_checks` iterations (and at the end) the logits are cut to the budget, as the
+With `warm_start` taylor the logits start apart: each is offset by its unit's standardized log taylor
+score (the first-order output change of removing it, `importance.py`) measured on 16 of the float
+trajectories' own denoiser calls, so the descent starts from a first-order ranking that the
+trajectory loss then corrects. Every iterations / `mask_checks` iterations (and at the end) the logits are cut to the budget, as the
 final selection cuts them, and that binary mask's loss is measured without noise on the same targets;
 the logits of the best cut are the scores (the penalty descent ranks units differently at different
 depths of the descent, and the best ranking for a mild budget comes early). Only the gate logits are
@@ -42,14 +45,16 @@ from torch import nn
 
 from .. import resume
 from ..calibration import CalibrationSet
-from ..prune_stage import BudgetControl, LearnObjective, LearnOptions, Scope
+from ..prune_stage import BudgetControl, LearnObjective, LearnOptions, Scope, WarmStart
 from .fit import ReplayObjective, TrajectoryObjective, fit_step, progress_bar
 from .gates import Gates, GateSite, column_masks
+from .importance import taylor_scores_on
 from .select import PruneBudget, select, unit_cost
 from .trajectory import Trajectory
 from .training import frozen_weights, loop_state, restore_loop
 from .units import PruneGroup
 
+WARM_START_BATCHES, WARM_START_CALLS, WARM_START_SPREAD = 2, 16, 1.0
 TOPK_TEMPERATURE = (1.0, 0.05)  # topk control: noise scale and straight-through temperature, first -> last iteration
 
 
@@ -79,6 +84,16 @@ class _Tracked(nn.Module):
                                       for logit in gates.logits])
 
 
+@torch.no_grad()
+def warm_start(gates: Gates, scores: list[torch.Tensor], spread: float = WARM_START_SPREAD) -> None:
+    """Offset each logit by `spread` x its unit's standardized log score (the mean logit stays put)."""
+    logs = torch.cat(scores).clamp_min(1e-30).log()
+    deviation = logs.std() if logs.numel() > 1 and logs.std() > 0 else logs.new_tensor(1.0)
+    offsets = (spread * (logs - logs.mean()) / deviation).split([len(s) for s in scores])
+    for logit, offset in zip(gates.logits, offsets):
+        logit.add_(offset.to(logit))
+
+
 def binarized_loss(objective, site: GateSite, denoiser: nn.Module, groups: list[PruneGroup],
                    kept: list[torch.Tensor]) -> float:
     """The objective's loss (no gradient) with the units of `kept` open and every other unit removed."""
@@ -105,7 +120,8 @@ def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Traj
     if objective_kind(options, pipe, items) is LearnObjective.REPLAY:
         return ReplayObjective(denoiser, calibration)
     return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
-                               options.step_loss, options.checkpoint_steps)
+                               options.step_loss, options.checkpoint_steps,
+                               record_batches=WARM_START_BATCHES if options.warm_start is WarmStart.TAYLOR else 0)
 
 
 def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajectory: Trajectory,
@@ -115,6 +131,8 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     started = time.perf_counter()
     objective = objective_for(options, pipe, items, trajectory, denoiser, calibration)
     gates = Gates(groups, options.gate, options.init_logit)
+    if options.warm_start is WarmStart.TAYLOR:
+        warm_start(gates, taylor_scores_on(denoiser, groups, objective.sample_calls(denoiser, WARM_START_CALLS)))
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     projected = options.control is BudgetControl.PROJECTED
