@@ -244,6 +244,11 @@ def test_the_free_depth_mask_learns_to_drop_an_identity_block(init):
     assert [b.name for b in learned.removed] == ["transformer_blocks.1"]
     assert learned.pattern == "free" and learned.objective == "replay"
     assert max(learned.probabilities[0]) == learned.probabilities[0][1]
+    checks = learned.checks  # the most probable set, measured on held-out calls, at the start and every 4 steps
+    assert [c["iteration"] for c in checks] == list(range(0, 41, 4))
+    best = min(checks, key=lambda c: c["loss"])
+    assert best["removed"] == ["transformer_blocks.1"] and best["loss"] < max(c["loss"] for c in checks) or \
+        all(c["removed"] == ["transformer_blocks.1"] for c in checks)
 
 
 def test_lora_co_training_leaves_the_model_as_it_was():

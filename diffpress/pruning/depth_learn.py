@@ -25,14 +25,16 @@ pipeline) or the denoiser's output error on replayed calibration calls (replay: 
 pipeline). With `lora_rank` > 0, LoRA adapters (peft) on every Linear and Conv2d
 inside the blocks train jointly with the logits (TinyFusion's recoverability: the search favours
 sets that recover well, not those with the least immediate loss); the adapters are discarded after
-the search (recovery distills the chosen model). After training, the most probable set is removed.
+the search (recovery distills the chosen model). The most probable set is measured without noise on
+held-out data (`fit.held_out`) where the logits start (with init oneshot: the one-shot set), every
+iterations / `mask_checks` iterations and at the end; the set with the least held-out loss is removed.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -44,7 +46,7 @@ from ..compression.surgery import replace_module
 from ..errors import InputError
 from ..prune_stage import DepthInit, DepthPattern, LearnObjective, LearnOptions
 from .blocks import Block
-from .fit import fit_step, progress_bar
+from .fit import fit_step, held_out, progress_bar
 from .learn import objective_for, objective_kind
 from .trajectory import Trajectory
 from .training import frozen_weights
@@ -223,6 +225,7 @@ class LearnedDepth:
     seconds: float
     pattern: str = DepthPattern.FREE.value
     objective: str = LearnObjective.TRAJECTORY.value
+    checks: list[dict] = field(default_factory=list)  # held-out loss of the most probable set, as it went
 
 
 def _initial_logits(model: nn.Module, blocks: list[Block], calibration: CalibrationSet | None,
@@ -250,6 +253,8 @@ def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration:
         gates = FreeDepthGates(blocks, remove, _initial_logits(model, blocks, calibration, options))
     objective = objective_for(options, pipe, items, trajectory or Trajectory(10), model, calibration)
     generator = torch.Generator().manual_seed(options.seed)
+    every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
+    checker = _SetChecker(held_out(objective, model, calibration), model, blocks) if every else None
     losses = []
     with frozen_weights(model), BlockSite(model, blocks) as site, \
             lora_adapters(model, blocks, options.lora_rank) as adapters, \
@@ -258,10 +263,40 @@ def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration:
         if adapters:
             groups.append({"params": adapters, "lr": options.lora_learning_rate})
         optimizer = torch.optim.Adam(groups)
+        if checker:
+            checker.check(site, gates.chosen(), 0)  # where the logits start (the one-shot set, by default)
         for iteration in bar:
             tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, options.iterations - 1))
             losses.append(fit_step(site, objective, model, optimizer, iteration, gates.sample(generator, tau)))
+            if checker and ((iteration + 1) % every == 0 or iteration + 1 == options.iterations):
+                checker.check(site, gates.chosen(), iteration + 1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
-    return LearnedDepth(gates.chosen(), losses, gates.probabilities(), time.perf_counter() - started,
-                        options.depth_pattern.value, kind.value)
+    removed = checker.best() if checker else gates.chosen()
+    return LearnedDepth(removed, losses, gates.probabilities(), time.perf_counter() - started,
+                        options.depth_pattern.value, kind.value, checker.checks if checker else [])
+
+
+class _SetChecker:
+    """The held-out loss of each distinct set of removed blocks the learner's most probable set passes
+    through; `best` is the set with the least."""
+
+    def __init__(self, objective, model: nn.Module, blocks: list[Block]) -> None:
+        self.objective, self.model, self.blocks = objective, model, blocks
+        self.losses: dict[frozenset, float] = {}
+        self.sets: dict[frozenset, list[Block]] = {}
+        self.checks: list[dict] = []
+
+    def check(self, site: BlockSite, removed: list[Block], iteration: int) -> None:
+        key = frozenset(b.name for b in removed)
+        if key not in self.losses:
+            site.masks = {b.name: torch.tensor(0.0 if b.name in key else 1.0) for b in self.blocks}
+            try:
+                self.losses[key] = self.objective.evaluate(site, self.model)
+            finally:
+                site.masks = {}
+            self.sets[key] = removed
+        self.checks.append({"iteration": iteration, "loss": self.losses[key], "removed": sorted(key)})
+
+    def best(self) -> list[Block]:
+        return self.sets[min(self.losses, key=self.losses.get)]
 

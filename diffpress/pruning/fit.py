@@ -15,6 +15,9 @@ Objectives (`LearnObjective`):
   `step_loss` times the per-step output error on the float trajectory's recorded calls.
 - replay: the denoiser's relative output error on replayed calibration calls (every timestep bucket in
   turn) against the float outputs recorded before any gate acts. No pipeline needed.
+
+`held_out` builds the same objective on other data (other noise seeds; the reservoir's next calls of each
+bucket, where it has them), on which the learners choose among the binary masks they pass through.
 """
 from __future__ import annotations
 
@@ -101,12 +104,17 @@ class ReplayObjective:
     """Relative output error of the gated denoiser on replayed calibration calls, `per_bucket` per timestep
     bucket, against the float outputs recorded at construction (before any gate acts)."""
 
-    def __init__(self, denoiser: nn.Module, calibration: CalibrationSet | None, per_bucket: int = 2) -> None:
+    def __init__(self, denoiser: nn.Module, calibration: CalibrationSet | None, per_bucket: int = 2,
+                 skip: int = 0) -> None:
         from .depth import calibration_entries, denoiser_outputs
 
         if calibration is None:
             raise InputError("the replay objective replays calibration calls: give a calibration set", "objective")
-        self.entries = calibration_entries(calibration, per_bucket)
+        if skip:  # the calls after the first `skip` of each bucket (held out), where the reservoir has them
+            entries = [e for b in sorted(calibration.reservoir) for e in calibration.reservoir[b][skip:skip + per_bucket]]
+            self.entries = entries or calibration_entries(calibration, per_bucket)
+        else:
+            self.entries = calibration_entries(calibration, per_bucket)
         self.targets = denoiser_outputs(denoiser, self.entries)
 
     def __len__(self) -> int:
@@ -131,6 +139,21 @@ class ReplayObjective:
         check_finite(loss, f"learning at iteration {iteration}")
         loss.backward()
         return float(loss.detach())
+
+
+HELD_OUT_SEED = 7919  # noise seeds of the held-out trajectories start here (after the learning targets')
+
+
+def held_out(objective, denoiser: nn.Module, calibration: CalibrationSet | None = None):
+    """The objective of the same kind on held-out data: half as many trajectories (at least one batch) from
+    other noise seeds, or the replay reservoir's next calls."""
+    if isinstance(objective, ReplayObjective):
+        return ReplayObjective(denoiser, calibration, per_bucket=2, skip=2)
+    batch = len(objective.batches[0][0])
+    samples = max(batch, sum(len(items) for items, _ in objective.batches) // 2)
+    items = [item for items, _ in objective.batches for item in items]
+    return TrajectoryObjective(objective.pipe, items, objective.trajectory, samples, batch,
+                               objective.batches[0][1] + HELD_OUT_SEED)
 
 
 def fit_step(site, objective, denoiser: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,

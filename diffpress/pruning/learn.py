@@ -26,8 +26,9 @@ probability of being open) is held by `control`:
 With `warm_start` taylor the logits start apart: each is offset by its unit's standardized log taylor
 score (the first-order output change of removing it, `importance.py`) measured on 16 of the float
 trajectories' own denoiser calls, so the descent starts from a first-order ranking that the
-trajectory loss then corrects. Every iterations / `mask_checks` iterations (and at the end) the logits are cut to the budget, as the
-final selection cuts them, and that binary mask's loss is measured without noise on the same targets;
+trajectory loss then corrects. Every iterations / `mask_checks` iterations (and at the end, and at the start after a warm start) the
+logits are cut to the budget, as the final selection cuts them, and that binary mask's loss is measured
+without noise on held-out targets (`fit.held_out`: other noise seeds, or the reservoir's next calls);
 the logits of the best cut are the scores (the penalty descent ranks units differently at different
 depths of the descent, and the best ranking for a mild budget comes early). Only the gate logits are
 trained; the model's weights are frozen. Gradients are accumulated on the
@@ -46,7 +47,7 @@ from torch import nn
 from .. import resume
 from ..calibration import CalibrationSet
 from ..prune_stage import BudgetControl, LearnObjective, LearnOptions, Scope, WarmStart
-from .fit import ReplayObjective, TrajectoryObjective, fit_step, progress_bar
+from .fit import ReplayObjective, TrajectoryObjective, fit_step, held_out, progress_bar
 from .gates import Gates, GateSite, column_masks
 from .importance import taylor_scores_on
 from .select import PruneBudget, select, unit_cost
@@ -149,6 +150,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     history: dict = {"losses": [], "kept": [], "checks": [], "best": None}
     losses, kept = history["losses"], history["kept"]
     every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
+    validation = held_out(objective, denoiser, calibration) if every else None
     checkpoints = resume.stage("mask-learning")
     start = 0
     if (snapshot := checkpoints.latest_snapshot()) is not None:
@@ -158,6 +160,8 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
         gates.project(scheduled(0), budget.cost.value)
     with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
             progress_bar(start, options.iterations, "learn mask", progress) as bar:
+        if every and start == 0 and options.warm_start is not WarmStart.NONE:  # the warm start's own cut
+            _check(history, tracked, validation, site, denoiser, groups, total, budget, scope, -1)
         for iteration in bar:
             if at_budget:
                 temperature = TOPK_TEMPERATURE[0] * (TOPK_TEMPERATURE[1] / TOPK_TEMPERATURE[0]) ** (
@@ -181,7 +185,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
                 else:
                     kept.append(float((fixed + gates.expected_kept(budget.cost.value)) / total))
             if every and ((iteration + 1) % every == 0 or iteration + 1 == options.iterations):
-                _check(history, tracked, objective, site, denoiser, groups, total, budget, scope, iteration)
+                _check(history, tracked, validation, site, denoiser, groups, total, budget, scope, iteration)
             postfix = {"loss": f"{losses[-1]:.4f}", "kept": f"{kept[-1]:.3f}"}
             if history["checks"]:
                 postfix["best cut"] = f"{min(c['loss'] for c in history['checks']):.4f}"
