@@ -115,8 +115,10 @@ class BudgetControl(str, enum.Enum):
 class LearnOptions:
     """Mask learning: `iterations` optimizer steps, each one trajectory batch of `batch_size` items, over
     `samples` distinct (item, seed) targets; Adam at `learning_rate` on the gate logits; the budget held by
-    `control` (projected, or a penalty of weight `penalty` ramped in over the first `warmup` fraction of the
-    iterations); `step_loss` weighs a per-step term (the gated denoiser's output on the float trajectory's
+    `control` (a penalty of weight `penalty` ramped in over the first `warmup` fraction of the iterations,
+    or projected / topk with the budget falling to the target over `warmup`); `warm_start` spreads the
+    starting logits by first-order importance; `mask_checks` binary cuts are measured on held-out data and
+    the best kept; `step_loss` weighs a per-step term (the gated denoiser's output on the float trajectory's
     calls against the float output) beside the final-latent loss (0: final latent only); `objective`: the
     sampling trajectory or replayed calibration calls. Learned depth (unit blocks) also reads
     `depth_pattern`, `depth_init` and `lora_rank` / `lora_learning_rate` (see pruning/depth_learn.py)."""
@@ -127,7 +129,7 @@ class LearnOptions:
     learning_rate: float = 0.1
     control: BudgetControl = BudgetControl.PENALTY
     penalty: float = 5.0
-    warmup: float | None = None  # default: 0.5 projected, 0.1 penalty
+    warmup: float | None = None  # default: 0.1 penalty, 0.5 projected and topk
     step_loss: float = 0.0
     warm_start: WarmStart = WarmStart.NONE
     mask_checks: int = 10  # binarized-mask checks during learning; the best cut's logits are kept (0: the last)
@@ -140,6 +142,13 @@ class LearnOptions:
     init_logit: float = 3.0
     checkpoint_steps: bool = True
     seed: int = 0
+
+    @property
+    def warmup_fraction(self) -> float:
+        """`warmup`, or its default for the control: 0.1 of the iterations for penalty, 0.5 for the others."""
+        if self.warmup is not None:
+            return float(self.warmup)
+        return 0.1 if self.control is BudgetControl.PENALTY else 0.5
 
     def __post_init__(self) -> None:
         require_int(self.iterations, "iterations", 1)
@@ -161,10 +170,10 @@ class LearnOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InputError(f"{name} must be a positive number, got {value!r}", name)
-        if self.warmup is None:
-            object.__setattr__(self, "warmup", 0.1 if self.control is BudgetControl.PENALTY else 0.5)
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup <= 1:
-            raise InputError(f"warmup must be a fraction in [0, 1], got {self.warmup!r}", "warmup")
+        warmup = self.warmup
+        if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, (int, float))
+                                   or not 0 <= warmup <= 1):
+            raise InputError(f"warmup must be a fraction in [0, 1], got {warmup!r}", "warmup")
         value = self.step_loss
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise InputError(f"step_loss must be a number >= 0, got {value!r}", "step_loss")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..api import LearnOptions, Method, Scope, Unit, evaluate, prune
-from ..prune_stage import BudgetControl, DepthInit, DepthPattern, LearnObjective
+from ..prune_stage import BudgetControl, DepthInit, DepthPattern, LearnObjective, WarmStart
 from . import options
 from .output import grid_beside, print_eval, print_pruning
 
@@ -73,12 +73,19 @@ def register(subparsers) -> None:
                             f"latent (trajectory objective; default {defaults('step_loss')})")
     learn.add_argument("--budget-control", dest="control", choices=options.enum_values(BudgetControl),
                        default=defaults("control").value,
-                       help="projected: the expected kept fraction is held at a budget falling from 1 to the target "
-                            "over --warmup; penalty: a penalty above the target (default "
-                            f"{defaults('control').value})")
+                       help="penalty: a penalty above the target; projected: the expected kept fraction is held at "
+                            "a budget falling from 1 to the target over --warmup; topk: every mask drawn hard at "
+                            f"that budget (default {defaults('control').value})")
     learn.add_argument("--warmup", type=options.number(0, inclusive=True), default=None, metavar="F",
-                       help="fraction of the iterations over which the budget comes in (default 0.5 projected, "
-                            "0.1 penalty)")
+                       help="fraction of the iterations over which the budget comes in (default 0.1 penalty, "
+                            "0.5 projected and topk)")
+    learn.add_argument("--warm-start", dest="warm_start", choices=options.enum_values(WarmStart),
+                       default=defaults("warm_start").value,
+                       help="width: start the logits spread by each unit's first-order (taylor) importance on the "
+                            f"float trajectories' calls (default {defaults('warm_start').value})")
+    learn.add_argument("--mask-checks", dest="mask_checks", type=options.integer(0), default=defaults("mask_checks"),
+                       metavar="N", help="binary cuts measured on held-out trajectories during learning, the best "
+                                         f"kept (0: the last; default {defaults('mask_checks')})")
     learn.add_argument("--depth-pattern", dest="depth_pattern", choices=options.enum_values(DepthPattern),
                        default=defaults("depth_pattern").value,
                        help="blocks: free (any N blocks) or nm (TinyFusion's local N:M groups per block class) "
@@ -105,7 +112,8 @@ def run(args) -> int:
     learn = LearnOptions(iterations=args.iterations, samples=args.samples, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, objective=args.objective, step_loss=args.step_loss,
                          control=args.control, warmup=args.warmup, depth_pattern=args.depth_pattern,
-                         depth_init=args.depth_init, lora_rank=args.lora_rank)
+                         depth_init=args.depth_init, lora_rank=args.lora_rank, warm_start=args.warm_start,
+                         mask_checks=args.mask_checks)
     outcome = prune(args.model, args.target_params, args.out, target_macs=args.target_macs,
                     target_latency=args.target_latency, remove_blocks=args.remove_blocks, unit=args.unit,
                     method=args.method, recover_steps=args.recover_steps,

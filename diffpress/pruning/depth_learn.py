@@ -25,8 +25,8 @@ pipeline) or the denoiser's output error on replayed calibration calls (replay: 
 pipeline). With `lora_rank` > 0, LoRA adapters (peft) on every Linear and Conv2d
 inside the blocks train jointly with the logits (TinyFusion's recoverability: the search favours
 sets that recover well, not those with the least immediate loss); the adapters are discarded after
-the search (recovery distills the chosen model). The most probable set is measured without noise on
-held-out data (`fit.held_out`) where the logits start (with init oneshot: the one-shot set), every
+the search (recovery distills the chosen model). The most probable set is measured without noise (and
+without adapters) on held-out data (`fit.held_out`) where the logits start (with init oneshot: the one-shot set), every
 iterations / `mask_checks` iterations and at the end; the set with the least held-out loss is removed.
 """
 from __future__ import annotations
@@ -215,6 +215,23 @@ def lora_adapters(model: nn.Module, blocks: list[Block], rank: int) -> Iterator[
                 replace_module(model, name, module.get_base_layer())
         for name, parameter in model.named_parameters():  # peft froze everything but the adapters
             parameter.requires_grad_(name in trainable)
+        if "peft_config" in vars(model):  # set by peft's tuner on the model it injected into
+            del model.peft_config
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Inside the block, every LoRA adapter of `model` is disabled (a no-op where there is none)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 @dataclass
@@ -291,7 +308,8 @@ class _SetChecker:
         if key not in self.losses:
             site.masks = {b.name: torch.tensor(0.0 if b.name in key else 1.0) for b in self.blocks}
             try:
-                self.losses[key] = self.objective.evaluate(site, self.model)
+                with adapters_off(self.model):  # the model that will be cut has none
+                    self.losses[key] = self.objective.evaluate(site, self.model)
             finally:
                 site.masks = {}
             self.sets[key] = removed

@@ -68,7 +68,8 @@ class Gates(nn.Module):
                          ) -> list[torch.Tensor]:
         """Hard 0/1 gates at the budget, with a straight-through gradient: the units of highest
         key = logit + temperature * Gumbel noise are kept while their summed parameters (or MACs) fit `allowed`
-        (the selection the final cut makes, on noisy logits); the gradient is that of
+        (the final cut's global selection on noisy logits, without its one-head / one-group floor per group
+        and its per-layer scope); the gradient is that of
         sigmoid((key - threshold) / temperature), the threshold halfway between the last kept and the first
         dropped key."""
         attribute = "params_per_unit" if cost == "params" else "macs_per_unit"
@@ -132,7 +133,7 @@ def _scale_columns(mask: torch.Tensor):
     def hook(module, args, kwargs):
         hidden = args[0]
         shape = (-1,) if isinstance(module, nn.Linear) else (1, -1, 1, 1)
-        return (hidden * mask.to(hidden.dtype).reshape(shape), *args[1:]), kwargs
+        return (hidden * mask.to(device=hidden.device, dtype=hidden.dtype).reshape(shape), *args[1:]), kwargs
 
     return hook
 

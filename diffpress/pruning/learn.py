@@ -46,6 +46,7 @@ from torch import nn
 
 from .. import resume
 from ..calibration import CalibrationSet
+from ..errors import InputError
 from ..prune_stage import BudgetControl, LearnObjective, LearnOptions, Scope, WarmStart
 from .fit import ReplayObjective, TrajectoryObjective, fit_step, held_out, progress_bar
 from .gates import Gates, GateSite, column_masks
@@ -119,6 +120,9 @@ def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Traj
                   calibration: CalibrationSet | None):
     """The objective `options` asks for (`objective_kind`)."""
     if objective_kind(options, pipe, items) is LearnObjective.REPLAY:
+        if options.step_loss:
+            raise InputError("step_loss weighs a per-step term of the trajectory objective; the replay objective "
+                             "is per-step already: drop step_loss or fit on the trajectory", "step_loss")
         return ReplayObjective(denoiser, calibration)
     return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
                                options.step_loss, options.checkpoint_steps,
@@ -141,7 +145,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
 
     def scheduled(iteration: int) -> float:
         """Cost of the gated units allowed after `iteration` (projected: expected; topk: drawn)."""
-        ramp = max(1.0, options.warmup * options.iterations)
+        ramp = max(1.0, options.warmup_fraction * options.iterations)
         fraction = budget.target + (1.0 - budget.target) * (1.0 - min(1.0, (iteration + 1) / ramp)) ** 3
         return fraction * total - fixed
 
@@ -173,7 +177,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
             term = None
             if options.control is BudgetControl.PENALTY:
                 fraction = (fixed + gates.expected_kept(budget.cost.value)) / total
-                weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup * options.iterations))
+                weight = options.penalty * min(1.0, (iteration + 1) / max(1.0, options.warmup_fraction * options.iterations))
                 term = weight * torch.relu(fraction - budget.target)
             losses.append(fit_step(site, objective, denoiser, optimizer, iteration, masks, term))
             if projected:

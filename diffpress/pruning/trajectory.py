@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..calibration.collector import find_denoiser
 from ..compression.sensitivity.output_metric import output_tensor
@@ -113,15 +113,16 @@ def stepwise_calls(denoiser: nn.Module, site: GateSite) -> Iterator[None]:
 class RecordedCall:
     """One denoiser call of a sampling run: its arguments (tensors detached, on the CPU) and its output tensor."""
 
-    args: tuple
-    kwargs: dict
+    arguments: list  # the flattened (args, kwargs): tensors on the CPU
+    structure: object  # their pytree structure
+    devices: list  # each flattened leaf's device (None for non-tensors)
     output: torch.Tensor
-    device: torch.device
 
     def replay(self, denoiser: nn.Module) -> torch.Tensor:
-        """The denoiser's output tensor on these arguments (with grad where grad is enabled)."""
-        args, kwargs = tree_map(lambda v: v.to(self.device) if isinstance(v, torch.Tensor) else v,
-                                (self.args, self.kwargs))
+        """The denoiser's output tensor on these arguments, each on its own device (with grad where grad is
+        enabled)."""
+        leaves = [v.to(device) if device is not None else v for v, device in zip(self.arguments, self.devices)]
+        args, kwargs = tree_unflatten(leaves, self.structure)
         return output_tensor(denoiser(*args, **kwargs))
 
 
@@ -129,11 +130,10 @@ class RecordedCall:
 def recorded_calls(denoiser: nn.Module, into: list[RecordedCall]) -> Iterator[None]:
     """Every call of `denoiser` inside the block is appended to `into` (for the per-step loss of mask learning)."""
     def hook(module, args, kwargs, output):
-        tensors = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
-        device = tensors[0].device if tensors else torch.device("cpu")
-        args, kwargs = tree_map(lambda v: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v,
-                                (args, kwargs))
-        into.append(RecordedCall(args, kwargs, output_tensor(output).detach().float().cpu(), device))
+        leaves, structure = tree_flatten((args, kwargs))
+        devices = [v.device if isinstance(v, torch.Tensor) else None for v in leaves]
+        stored = [v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for v in leaves]
+        into.append(RecordedCall(stored, structure, devices, output_tensor(output).detach().to("cpu", copy=True)))
 
     handle = denoiser.register_forward_hook(hook, with_kwargs=True)
     try:
