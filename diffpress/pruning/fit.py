@@ -145,13 +145,13 @@ HELD_OUT_SEED = 7919  # noise seeds of the held-out trajectories start here (aft
 
 
 def held_out(objective, denoiser: nn.Module, calibration: CalibrationSet | None = None):
-    """The objective of the same kind on held-out data: half as many trajectories (at least one batch) from
-    other noise seeds, or the replay reservoir's next calls."""
+    """The objective of the same kind on held-out data: as many trajectories from other noise seeds, or the
+    replay reservoir's next calls."""
     if isinstance(objective, ReplayObjective):
         return ReplayObjective(denoiser, calibration, per_bucket=2, skip=2)
     batch = len(objective.batches[0][0])
-    samples = max(batch, sum(len(items) for items, _ in objective.batches) // 2)
     items = [item for items, _ in objective.batches for item in items]
+    samples = len(items)
     return TrajectoryObjective(objective.pipe, items, objective.trajectory, samples, batch,
                                objective.batches[0][1] + HELD_OUT_SEED)
 
