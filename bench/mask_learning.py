@@ -26,10 +26,10 @@ import diffpress
 from seeded_eval import SeededReferences
 
 VARIANTS = [
-    ("penalty (default)", {}),
-    ("penalty, no held-out cut checks", {"mask_checks": 0}),
-    ("penalty + taylor warm start", {"warm_start": "taylor"}),
-    ("penalty + step loss 1", {"step_loss": 1.0}),
+    ("default (penalty, taylor warm start, held-out cut checks)", {}),
+    ("no warm start", {"warm_start": "none"}),
+    ("no held-out cut checks", {"mask_checks": 0}),
+    ("neither (the plain penalty descent)", {"warm_start": "none", "mask_checks": 0}),
     ("projected", {"control": "projected"}),
     ("topk", {"control": "topk"}),
 ]

@@ -9,7 +9,8 @@ bound). Activations come on top (one call's).
 `python bench/offload.py sd15 --work DIR` -> bench/results/scale-sd15.json: a full-size SD1.5 UNet (published
 config, random fp16 weights written to DIR first) on this CPU, each step in a fresh process:
 calibration (4 samples x 10 DDIM steps, CFG batch 8, 256px = 32x32 latents, through the offload hooks in
-float32) and compress with w8a8-int8 (no calibration) and w4a8-int (smoothing search + GPTQ on the captured
+float32; the model held in its stored fp16) and the same sampling loop without the collector at 4 and 8 samples
+and calibration at 8 samples (what the statistics add, and whether it grows with the calls), and compress with w8a8-int8 (no calibration) and w4a8-int (smoothing search + GPTQ on the captured
 inputs, captured block group by block group within 1 GiB): seconds and peak RSS (VmHWM). The w4a8-int run logs
 each layer's seconds; it is stopped after --max-seconds (GPTQ on the 23040-column convs of the up blocks is
 hours on 2 cores) and then reports the layers it finished. The GPU time of the whole run is *projected* from
@@ -106,11 +107,14 @@ import json, sys, time, torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffpress.calibration import calibrate
 from diffpress.placement import Placement, ResidentBytes, placed
-unet = UNet2DConditionModel.from_pretrained(sys.argv[1]).eval()
+# argv: model dir, calibration out, samples, mode (collect: calibrate; plain: the same sampling loop, no collector)
+unet = UNet2DConditionModel.from_pretrained(sys.argv[1], torch_dtype=torch.float16).eval()  # stored dtype
+samples, mode = int(sys.argv[3]), sys.argv[4]
 scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 scheduler.set_timesteps(10)
 g = torch.Generator().manual_seed(0)
-text, latents = torch.randn(8, 77, 768, generator=g).half(), torch.randn(4, 4, 32, 32, generator=g).half()
+text = torch.randn(2 * samples, 77, 768, generator=g).half()
+latents = torch.randn(samples, 4, 32, 32, generator=g).half()
 def loop(denoiser):
     sample = latents
     for t in scheduler.timesteps:
@@ -120,12 +124,18 @@ def loop(denoiser):
         sample = scheduler.step(u + 7.5 * (c - u), t, sample.float()).prev_sample.half()
 tracker, started = ResidentBytes(), time.perf_counter()
 with placed(unet, Placement.resolve("cpu", "float32"), tracker):
-    result = calibrate(unet, forward_loop=loop, buckets=8, reservoir_size=2, progress=False)
+    if mode == "collect":
+        result = calibrate(unet, forward_loop=loop, buckets=8, reservoir_size=2, progress=False)
+    else:
+        loop(unet)
 seconds = time.perf_counter() - started
-result.save(sys.argv[2])
-print("RESULT", json.dumps({"seconds": round(seconds, 1), "peak_rss_gib": round(%s / 2**20, 2),
-                            "device_model_bytes_peak_mib": round(tracker.peak / 2**20, 1),
-                            "calls": len(result.timesteps)}))
+calls = 10
+if mode == "collect":
+    result.save(sys.argv[2])
+    calls = len(result.timesteps)
+print("RESULT", json.dumps({"mode": mode, "samples": samples, "seconds": round(seconds, 1),
+                            "peak_rss_gib": round(%s / 2**20, 2),
+                            "device_model_bytes_peak_mib": round(tracker.peak / 2**20, 1), "calls": calls}))
 """ % PEAK
 
 COMPRESS = """
@@ -202,8 +212,14 @@ def sd15(work: Path, max_seconds: float) -> dict:
         print(f"wrote {source} in {time.perf_counter() - started:.0f} s", flush=True)
     rows = json.loads(saved.read_text()) if saved.exists() else {}
     if "calibrate" not in rows:
-        rows["calibrate"] = _child(CALIBRATE, source, calibration)
+        rows["calibrate"] = _child(CALIBRATE, source, calibration, 4, "collect")
         saved.write_text(json.dumps(rows, indent=1))
+    for samples, mode in ((4, "plain"), (8, "plain"), (8, "collect")):  # what the collector adds, and with twice the calls
+        key = f"{mode}-{samples}"
+        if key not in rows:
+            rows[key] = _child(CALIBRATE, source, work / f"calibration-{key}.safetensors", samples, mode)
+            saved.write_text(json.dumps(rows, indent=1))
+            print(key, rows[key], flush=True)
     for preset in ("w8a8-int8", "w4a8-int"):
         if preset in rows:
             continue

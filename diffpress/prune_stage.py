@@ -131,7 +131,7 @@ class LearnOptions:
     penalty: float = 5.0
     warmup: float | None = None  # default: 0.1 penalty, 0.5 projected and topk
     step_loss: float = 0.0
-    warm_start: WarmStart = WarmStart.NONE
+    warm_start: WarmStart = WarmStart.TAYLOR
     mask_checks: int = 10  # binarized-mask checks during learning; the best cut's logits are kept (0: the last)
     objective: LearnObjective | None = None  # default: trajectory where there is a pipeline, else replay
     depth_pattern: DepthPattern = DepthPattern.FREE  # blocks only

@@ -16,8 +16,9 @@ Objectives (`LearnObjective`):
 - replay: the denoiser's relative output error on replayed calibration calls (every timestep bucket in
   turn) against the float outputs recorded before any gate acts. No pipeline needed.
 
-`held_out` builds the same objective on other data (other noise seeds; the reservoir's next calls of each
-bucket, where it has them), on which the learners choose among the binary masks they pass through.
+`held_out` builds the same objective on other data (twice as many trajectories from other noise seeds; the
+reservoir's next calls of each bucket, where it has them), on which the learners choose among the binary
+masks they pass through by the geometric mean of the per-sample error (`evaluate`).
 """
 from __future__ import annotations
 
@@ -77,11 +78,16 @@ class TrajectoryObjective:
         return [lambda call=call: call.replay(denoiser) for call in picked]
 
     def evaluate(self, site, denoiser: nn.Module) -> float:
-        """The mean final-latent loss over every batch with the gates `site` holds, without a gradient."""
-        losses = [float((final_latents(self.pipe, items, noise, self.trajectory).float() - target.float())
-                        .square().mean() / power)
-                  for (items, noise), target, power in zip(self.batches, self.targets, self.power)]
-        return sum(losses) / len(losses)
+        """The geometric mean over samples of each sample's relative final-latent error, with the gates `site`
+        holds, without a gradient (robust: a few trajectories that fall to another mode dominate a plain mean
+        over a few dozen samples)."""
+        logs = []
+        for (items, noise), target in zip(self.batches, self.targets):
+            latent = final_latents(self.pipe, items, noise, self.trajectory).float()
+            target = target.float()
+            error = (latent - target).square().flatten(1).mean(1) / target.square().flatten(1).mean(1).clamp_min(1e-12)
+            logs.append(error.clamp_min(1e-30).log())
+        return float(torch.cat(logs).mean().exp())
 
     def backward(self, iteration: int, site, denoiser: nn.Module) -> float:
         index = iteration % len(self.batches)
@@ -126,11 +132,12 @@ class ReplayObjective:
         return [lambda entry=entry: denoiser(**entry.call_kwargs()) for entry in picked]
 
     def evaluate(self, site, denoiser: nn.Module) -> float:
-        """The mean output error over every replayed call with the gates `site` holds, without a gradient."""
+        """The geometric mean of the output error over every replayed call with the gates `site` holds, without
+        a gradient."""
         with torch.no_grad():
-            losses = [float(relative_error(target, output_tensor(denoiser(**entry.call_kwargs()))))
-                      for entry, target in zip(self.entries, self.targets)]
-        return sum(losses) / len(losses)
+            logs = [relative_error(target, output_tensor(denoiser(**entry.call_kwargs()))).clamp_min(1e-30).log()
+                    for entry, target in zip(self.entries, self.targets)]
+        return float(torch.stack(logs).mean().exp())
 
     def backward(self, iteration: int, site, denoiser: nn.Module) -> float:
         index = iteration % len(self.entries)
@@ -142,17 +149,17 @@ class ReplayObjective:
 
 
 HELD_OUT_SEED = 7919  # noise seeds of the held-out trajectories start here (after the learning targets')
+HELD_OUT_BATCH = 16
 
 
 def held_out(objective, denoiser: nn.Module, calibration: CalibrationSet | None = None):
-    """The objective of the same kind on held-out data: as many trajectories from other noise seeds, or the
-    replay reservoir's next calls."""
+    """The objective of the same kind on held-out data: twice as many trajectories as the learning targets
+    (batches of at least 16), from other noise seeds; or the replay reservoir's next calls."""
     if isinstance(objective, ReplayObjective):
         return ReplayObjective(denoiser, calibration, per_bucket=2, skip=2)
-    batch = len(objective.batches[0][0])
     items = [item for items, _ in objective.batches for item in items]
-    samples = len(items)
-    return TrajectoryObjective(objective.pipe, items, objective.trajectory, samples, batch,
+    batch = max(len(objective.batches[0][0]), HELD_OUT_BATCH)
+    return TrajectoryObjective(objective.pipe, items, objective.trajectory, 2 * len(items), batch,
                                objective.batches[0][1] + HELD_OUT_SEED)
 
 
