@@ -339,6 +339,17 @@ def test_a_model_without_prunable_units_says_so():
         prune_denoiser(model, PruneStage(0.8, method="magnitude"))
 
 
+def test_the_prune_command_says_which_cut_it_kept_and_saves(tmp_path, capsys):
+    from diffpress.cli.main import main
+
+    assert main(["prune", "builtin:digits", "--target-params", "0.8", "--iterations", "2", "--learn-samples", "2",
+                 "--batch-size", "2", "--steps", "2", "--mask-checks", "1", "--out", str(tmp_path / "p"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "mask learned in" in out and "kept the cut of iteration" in out and "of 2 cuts measured" in out
+    assert (tmp_path / "p" / "recipe.yaml").exists() and "warm_start: taylor" in (tmp_path / "p" / "recipe.yaml").read_text()
+
+
 def test_inspect_lists_prunable_units_without_weights(capsys):
     from diffpress.cli.main import main
 

@@ -58,12 +58,21 @@ def print_pruning(outcome) -> None:
           f"{result.macs_before / 1e6:.1f} M -> {result.macs_after / 1e6:.1f} M "
           f"({result.macs_after / result.macs_before:.3f})")
     if result.learned is not None:
-        print(f"mask learned in {result.learned.seconds:.1f} s ({len(result.learned.losses)} iterations, "
-              f"final loss {result.learned.losses[-1]:.4f})")
+        learned = result.learned
+        print(f"mask learned in {learned.seconds:.1f} s ({len(learned.losses)} iterations, "
+              f"final loss {learned.losses[-1]:.4f})")
+        if learned.checks:
+            best = min(learned.checks, key=lambda c: c["loss"])
+            print(f"kept the cut of iteration {best['iteration']}: held-out error {best['loss']:.4g} (of "
+                  f"{len(learned.checks)} cuts measured, {learned.checks[-1]['loss']:.4g} at the end)")
     if result.learned_depth is not None:
         depth = result.learned_depth
         print(f"depth mask learned in {depth.seconds:.1f} s ({len(depth.losses)} iterations, {depth.pattern} "
               f"pattern, {depth.objective} objective, final loss {depth.losses[-1]:.4f})")
+        if depth.checks:
+            best = min(depth.checks, key=lambda c: c["loss"])
+            print(f"kept the set of iteration {best['iteration']}: held-out error {best['loss']:.4g} "
+                  f"({len({tuple(c['removed']) for c in depth.checks})} distinct sets measured)")
     if result.recovery is not None:
         recovery, curve = result.recovery, result.recovery.losses
         outcome_text = "kept" if recovery.kept else "discarded: it raised the output error; the pruned weights stay"
