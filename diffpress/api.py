@@ -29,13 +29,15 @@ from .resume import DEFAULT_EVERY_SECONDS, checkpointing, input_fingerprint, wor
 from .plan import MIXED, Budget, MixedPrecision, Plan, as_plan
 from .presets import PRESETS, SensitivityMethods, candidate
 from .calibration.strategies import StrategyName
-from .prune_stage import Cost, LearnOptions, Method, PruneStage, Scope, Unit
+from .prune_stage import (BudgetControl, Cost, DepthInit, DepthPattern, LearnObjective, LearnOptions, Method,
+                          PruneStage, Scope, Unit, WarmStart)
 from .stages import image_probe_for, latency_table, measure, mixed_recipe, prune_subject
 from .subject import Calibration, Subject
 
 # Types and tables the CLI builds its options from, so that it imports this module only:
 # MIXED, PRESETS, Budget, MixedPrecision, SensitivityMethods, SensitivityOptions, StrategyName, candidate,
-# Cost, LearnOptions, Method, Scope, Unit (and PruneStage), COMPUTE_DTYPES, CaptureOptions, other_rank.
+# Cost, LearnOptions, Method, Scope, Unit (and PruneStage), BudgetControl, DepthInit, DepthPattern, LearnObjective,
+# WarmStart, COMPUTE_DTYPES, CaptureOptions, other_rank.
 
 __all__ = ["calibrate", "sensitivity", "allocate", "prune", "compress", "evaluate", "inspect", "prunable_units",
            "removable_blocks",

@@ -193,6 +193,8 @@ CASES = [
     (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--mask-checks", "-1"], ["--mask-checks", "'-1'", ">= 0"]),
     (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--depth-pattern", "zigzag"],
      ["--depth-pattern", "'zigzag'", "free"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--depth-init", "warm"],
+     ["--depth-init", "'warm'", "uniform"]),
     (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--lora-rank", "-1"], ["--lora-rank", "'-1'", ">= 0"]),
     (["prune", "{f}/unet", "--out", "{o}/p", "--target-params", "0.8", "--method", "taylor"],
      ["--calibration FILE", "bare denoiser"]),

@@ -1,8 +1,8 @@
 """`diffpress prune`: remove attention heads, feed-forward neurons and ResNet channel groups, or whole blocks."""
 from __future__ import annotations
 
-from ..api import LearnOptions, Method, Scope, Unit, evaluate, prune
-from ..prune_stage import BudgetControl, DepthInit, DepthPattern, LearnObjective, WarmStart
+from ..api import (BudgetControl, DepthInit, DepthPattern, LearnObjective, LearnOptions, Method, Scope, Unit, WarmStart,
+                   evaluate, prune)
 from . import options
 from .output import grid_beside, print_eval, print_pruning
 
