@@ -268,6 +268,18 @@ def test_lora_co_training_leaves_the_model_as_it_was():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
 
 
+def test_lora_co_training_without_peft_says_what_to_install(monkeypatch):
+    import sys
+
+    from diffpress.pruning.depth_learn import lora_adapters
+
+    model, _, found = _pixart_with_an_identity_block(1)
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
+    with pytest.raises(InputError, match=r"needs peft: pip install 'diffpress\[lora\]'"):
+        with lora_adapters(model, found, 2):
+            pass
+
+
 def test_lora_adapters_change_what_the_gated_model_computes():
     from diffpress.pruning.depth_learn import lora_adapters
 

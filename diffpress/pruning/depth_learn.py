@@ -195,8 +195,11 @@ def lora_adapters(model: nn.Module, blocks: list[Block], rank: int) -> Iterator[
     if rank <= 0:
         yield []
         return
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        raise InputError("LoRA co-training (lora_rank, --lora-rank) needs peft: pip install 'diffpress[lora]'") from None
 
     prefixes = tuple(b.name + "." for b in blocks)
     targets = [name for name, module in model.named_modules()
