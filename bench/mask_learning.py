@@ -26,7 +26,8 @@ import diffpress
 from seeded_eval import SeededReferences
 
 VARIANTS = [
-    ("default (penalty, taylor warm start, held-out cut checks)", {}),
+    ("default (penalty, taylor cut as a candidate, held-out cut checks)", {}),
+    ("taylor warm start", {"warm_start": "taylor"}),
     ("no warm start", {"warm_start": "none"}),
     ("no held-out cut checks", {"mask_checks": 0}),
     ("neither (the plain penalty descent)", {"warm_start": "none", "mask_checks": 0}),

@@ -89,11 +89,15 @@ class DepthInit(str, enum.Enum):
 
 
 class WarmStart(str, enum.Enum):
-    """Where the width mask's logits start: all at init_logit (none), or spread by each unit's first-order
-    (taylor) output change on the learning trajectories' own calls."""
+    """What the width mask does with each unit's first-order (taylor) output change on the learning
+    trajectories' own calls: nothing (none); start the logits spread by it (taylor); or learn from equal
+    logits and measure the taylor ranking's cut as the first held-out candidate (candidate: the result is
+    never worse on the held-out data than that cut, and the descent is not tied to a first-order ranking,
+    which holds for small removals and misleads for large ones)."""
 
     NONE = "none"
     TAYLOR = "taylor"
+    CANDIDATE = "candidate"
 
 
 class BudgetControl(str, enum.Enum):
@@ -117,7 +121,7 @@ class LearnOptions:
     `samples` distinct (item, seed) targets; Adam at `learning_rate` on the gate logits; the budget held by
     `control` (a penalty of weight `penalty` ramped in over the first `warmup` fraction of the iterations,
     or projected / topk with the budget falling to the target over `warmup`); `warm_start` spreads the
-    starting logits by first-order importance; `mask_checks` binary cuts are measured on held-out data and
+    starting logits by first-order importance, or (candidate) measures its ranking's cut first; `mask_checks` binary cuts are measured on held-out data and
     the best kept; `step_loss` weighs a per-step term (the gated denoiser's output on the float trajectory's
     calls against the float output) beside the final-latent loss (0: final latent only); `objective`: the
     sampling trajectory or replayed calibration calls. Learned depth (unit blocks) also reads
@@ -131,7 +135,7 @@ class LearnOptions:
     penalty: float = 5.0
     warmup: float | None = None  # default: 0.1 penalty, 0.5 projected and topk
     step_loss: float = 0.0
-    warm_start: WarmStart = WarmStart.TAYLOR
+    warm_start: WarmStart = WarmStart.CANDIDATE
     mask_checks: int = 10  # binarized-mask checks during learning; the best cut's logits are kept (0: the last)
     objective: LearnObjective | None = None  # default: trajectory where there is a pipeline, else replay
     depth_pattern: DepthPattern = DepthPattern.FREE  # blocks only

@@ -189,7 +189,7 @@ CASES = [
     (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--budget-control", "soft"],
      ["--budget-control", "'soft'", "penalty"]),
     (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--warmup", "2"], ["warmup", "fraction in [0, 1]"]),
-    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--warm-start", "hot"], ["--warm-start", "'hot'", "taylor"]),
+    (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--warm-start", "hot"], ["--warm-start", "'hot'", "candidate"]),
     (["prune", DIGITS, "--out", "{o}/p", "--target-params", "0.8", "--mask-checks", "-1"], ["--mask-checks", "'-1'", ">= 0"]),
     (["prune", DIGITS, "--out", "{o}/p", "--remove-blocks", "2", "--depth-pattern", "zigzag"],
      ["--depth-pattern", "'zigzag'", "free"]),

@@ -11,6 +11,7 @@ from torch import nn
 import diffpress
 import tiny_models
 from diffpress.errors import InputError
+from diffpress.prune_stage import LearnOptions
 from diffpress.pruning import PruneStage, UnitKind, apply_structure, find_groups
 from diffpress.pruning.gates import Gates, GateSite, column_masks, gated
 from diffpress.pruning.select import PruneBudget, select, smallest_reachable
@@ -278,7 +279,7 @@ def test_topk_mask_learning_draws_masks_at_the_scheduled_budget():
 def test_mask_learning_keeps_the_logits_of_the_best_binarized_cut():
     learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, mask_checks=3)
     learned = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn).result.learned
-    assert [c["iteration"] for c in learned.checks] == [0, 2, 4, 6]  # 0: the taylor warm start's own cut
+    assert [c["iteration"] for c in learned.checks] == [0, 2, 4, 6]  # 0: the taylor ranking's cut
     losses = [c["loss"] for c in learned.checks]
     assert all(loss > 0 for loss in losses)
     assert learned.best_iteration == learned.checks[losses.index(min(losses))]["iteration"]
@@ -286,6 +287,20 @@ def test_mask_learning_keeps_the_logits_of_the_best_binarized_cut():
     assert all(torch.equal(a, b.detach()) for a, b in zip(learned.scores(), expected))
     unchecked = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn={**learn, "mask_checks": 0})
     assert unchecked.result.learned.checks == [] and unchecked.result.learned.best is None
+
+
+def test_the_taylor_candidate_is_measured_first_while_the_logits_start_equal():
+    learn = dict(iterations=1, samples=2, batch_size=2, learning_rate=1e-6, mask_checks=1)
+    candidate = diffpress.prune("builtin:digits", 0.8, None, steps=3, learn={**learn, "warm_start": "candidate"})
+    taylor = diffpress.prune("builtin:digits", 0.8, None, steps=3, learn={**learn, "warm_start": "taylor"})
+    candidate, taylor = candidate.result.learned, taylor.result.learned
+    init = LearnOptions().init_logit
+    assert all(torch.allclose(logit.detach(), torch.full_like(logit, init), atol=1e-4) for logit in candidate.gates.logits)
+    assert not all(torch.allclose(logit.detach(), torch.full_like(logit, init), atol=1e-2) for logit in taylor.gates.logits)
+    assert [c["iteration"] for c in candidate.checks] == [0, 1]
+    assert candidate.checks[0]["loss"] == pytest.approx(taylor.checks[0]["loss"], rel=1e-4)  # the same taylor cut
+    none = diffpress.prune("builtin:digits", 0.8, None, steps=3, learn={**learn, "warm_start": "none"})
+    assert [c["iteration"] for c in none.result.learned.checks] == [1]
 
 
 def test_a_taylor_warm_start_orders_the_logits_as_the_scores():
@@ -347,7 +362,7 @@ def test_the_prune_command_says_which_cut_it_kept_and_saves(tmp_path, capsys):
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "mask learned in" in out and "kept the cut of iteration" in out and "of 2 cuts measured" in out
-    assert (tmp_path / "p" / "recipe.yaml").exists() and "warm_start: taylor" in (tmp_path / "p" / "recipe.yaml").read_text()
+    assert (tmp_path / "p" / "recipe.yaml").exists() and "warm_start: candidate" in (tmp_path / "p" / "recipe.yaml").read_text()
 
 
 def test_inspect_lists_prunable_units_without_weights(capsys):

@@ -26,8 +26,11 @@ probability of being open) is held by `control`:
 With `warm_start` taylor the logits start apart: each is offset by its unit's standardized log taylor
 score (the first-order output change of removing it, `importance.py`) measured on 16 of the float
 trajectories' own denoiser calls, so the descent starts from a first-order ranking that the
-trajectory loss then corrects. Every iterations / `mask_checks` iterations (and at the end, and at the start after a warm start) the
-logits are cut to the budget, as the final selection cuts them, and that binary mask's loss is measured
+trajectory loss then corrects. With candidate (the default) the logits start equal and the logits so
+offset are only the first candidate measured: on builtin:digits the warm start gained 4.5 dB at 10%
+removed and lost 2 dB at 30% (bench/results/README.md, "Mask learning"), a first-order ranking being
+right for small removals only. Every iterations / `mask_checks` iterations (and at the end, and at the
+start for the taylor ranking's cut) the logits are cut to the budget, as the final selection cuts them, and that binary mask's loss is measured
 without noise on held-out targets (`fit.held_out`: other noise seeds, or the reservoir's next calls);
 the logits of the best cut are the scores (the penalty descent ranks units differently at different
 depths of the descent, and the best ranking for a mild budget comes early). Only the gate logits are
@@ -89,11 +92,17 @@ class _Tracked(nn.Module):
 @torch.no_grad()
 def warm_start(gates: Gates, scores: list[torch.Tensor], spread: float = WARM_START_SPREAD) -> None:
     """Offset each logit by `spread` x its unit's standardized log score (the mean logit stays put)."""
+    for logit, started in zip(gates.logits, warm_logits(gates, scores, spread)):
+        logit.copy_(started)
+
+
+@torch.no_grad()
+def warm_logits(gates: Gates, scores: list[torch.Tensor], spread: float = WARM_START_SPREAD) -> list[torch.Tensor]:
+    """The gates' logits, each offset by `spread` x its unit's standardized log score (the gates unchanged)."""
     logs = torch.cat(scores).clamp_min(1e-30).log()
     deviation = logs.std() if logs.numel() > 1 and logs.std() > 0 else logs.new_tensor(1.0)
     offsets = (spread * (logs - logs.mean()) / deviation).split([len(s) for s in scores])
-    for logit, offset in zip(gates.logits, offsets):
-        logit.add_(offset.to(logit))
+    return [logit.detach() + offset.to(logit) for logit, offset in zip(gates.logits, offsets)]
 
 
 def binarized_loss(objective, site: GateSite, denoiser: nn.Module, groups: list[PruneGroup],
@@ -126,7 +135,7 @@ def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Traj
         return ReplayObjective(denoiser, calibration)
     return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
                                options.step_loss, options.checkpoint_steps,
-                               record_batches=WARM_START_BATCHES if options.warm_start is WarmStart.TAYLOR else 0)
+                               record_batches=0 if options.warm_start is WarmStart.NONE else WARM_START_BATCHES)
 
 
 def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajectory: Trajectory,
@@ -136,8 +145,13 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     started = time.perf_counter()
     objective = objective_for(options, pipe, items, trajectory, denoiser, calibration)
     gates = Gates(groups, options.gate, options.init_logit)
-    if options.warm_start is WarmStart.TAYLOR:
-        warm_start(gates, taylor_scores_on(denoiser, groups, objective.sample_calls(denoiser, WARM_START_CALLS)))
+    every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
+    first_cut = None  # logits whose cut is measured before the first iteration
+    if options.warm_start is WarmStart.TAYLOR or (options.warm_start is WarmStart.CANDIDATE and every):
+        scores = taylor_scores_on(denoiser, groups, objective.sample_calls(denoiser, WARM_START_CALLS))
+        first_cut = warm_logits(gates, scores)
+        if options.warm_start is WarmStart.TAYLOR:
+            warm_start(gates, scores)
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     projected = options.control is BudgetControl.PROJECTED
@@ -153,7 +167,6 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     tracked = _Tracked(gates)
     history: dict = {"losses": [], "kept": [], "checks": [], "best": None}
     losses, kept = history["losses"], history["kept"]
-    every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
     validation = held_out(objective, denoiser, calibration) if every else None
     checkpoints = resume.stage("mask-learning")
     start = 0
@@ -164,8 +177,8 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
         gates.project(scheduled(0), budget.cost.value)
     with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
             progress_bar(start, options.iterations, "learn mask", progress) as bar:
-        if every and start == 0 and options.warm_start is not WarmStart.NONE:  # the warm start's own cut
-            _check(history, tracked, validation, site, denoiser, groups, total, budget, scope, -1)
+        if every and start == 0 and first_cut is not None:  # the taylor ranking's cut
+            _check(history, tracked, first_cut, validation, site, denoiser, groups, total, budget, scope, -1)
         for iteration in bar:
             if at_budget:
                 temperature = TOPK_TEMPERATURE[0] * (TOPK_TEMPERATURE[1] / TOPK_TEMPERATURE[0]) ** (
@@ -189,7 +202,8 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
                 else:
                     kept.append(float((fixed + gates.expected_kept(budget.cost.value)) / total))
             if every and ((iteration + 1) % every == 0 or iteration + 1 == options.iterations):
-                _check(history, tracked, validation, site, denoiser, groups, total, budget, scope, iteration)
+                _check(history, tracked, [logit.detach() for logit in gates.logits], validation, site, denoiser,
+                       groups, total, budget, scope, iteration)
             postfix = {"loss": f"{losses[-1]:.4f}", "kept": f"{kept[-1]:.3f}"}
             if history["checks"]:
                 postfix["best cut"] = f"{min(c['loss'] for c in history['checks']):.4f}"
@@ -200,14 +214,14 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     return LearnedMask(gates, losses, kept, time.perf_counter() - started, history["checks"], history["best"], best)
 
 
-def _check(history: dict, tracked: _Tracked, objective, site: GateSite, denoiser, groups, total: float,
-           budget: PruneBudget, scope: Scope, iteration: int) -> None:
-    """Cut the current logits to the budget, measure that mask, and keep the logits if it is the best so far."""
-    kept = select(groups, [logit.detach() for logit in tracked.gates.logits], total, budget, scope)
+def _check(history: dict, tracked: _Tracked, logits: list[torch.Tensor], objective, site: GateSite, denoiser,
+           groups, total: float, budget: PruneBudget, scope: Scope, iteration: int) -> None:
+    """Cut `logits` to the budget, measure that mask, and keep the logits if it is the best so far."""
+    kept = select(groups, logits, total, budget, scope)
     loss = binarized_loss(objective, site, denoiser, groups, kept)
     history["checks"].append({"iteration": iteration + 1, "loss": loss})
     if history["best"] is None or loss < min(c["loss"] for c in history["checks"][:-1]):
         history["best"] = iteration + 1
         with torch.no_grad():
-            for best, logit in zip(tracked.best, tracked.gates.logits):
+            for best, logit in zip(tracked.best, logits):
                 best.copy_(logit)
