@@ -304,14 +304,13 @@ def test_the_taylor_candidate_is_measured_first_while_the_logits_start_equal():
 
 
 def test_a_taylor_warm_start_orders_the_logits_as_the_scores():
-    from diffpress.pruning.learn import warm_start
+    from diffpress.pruning.learn import warm_logits
 
     model, _ = build("unet2d")
     groups = find_groups(model)
     gates = Gates(groups, init=3.0)
     scores = [torch.rand(g.count, generator=torch.Generator().manual_seed(i)) + 0.01 for i, g in enumerate(groups)]
-    warm_start(gates, scores)
-    logits = torch.cat([l.detach() for l in gates.logits])
+    logits = torch.cat(warm_logits(gates, scores))
     assert logits.mean() == pytest.approx(3.0, abs=1e-5)
     assert torch.equal(logits.argsort(), torch.cat(scores).argsort())
     assert logits.std() == pytest.approx(1.0, rel=1e-3)  # spread 1: one standard deviation of log score

@@ -30,8 +30,8 @@ trajectory loss then corrects. With candidate (the default) the logits start equ
 offset are only the first candidate measured: on builtin:digits the warm start gained 4.5 dB at 10%
 removed and lost 2 dB at 30% (bench/results/README.md, "Mask learning"), a first-order ranking being
 right for small removals only. Every iterations / `mask_checks` iterations (and at the end, and at the
-start for the taylor ranking's cut) the logits are cut to the budget, as the final selection cuts them, and that binary mask's loss is measured
-without noise on held-out targets (`fit.held_out`: other noise seeds, or the reservoir's next calls);
+start for the taylor ranking's cut) the logits are cut to the budget, as the final selection cuts
+them, and that binary mask's loss is measured without noise on held-out targets (`fit.held_out`: other noise seeds, or the reservoir's next calls);
 the logits of the best cut are the scores (the penalty descent ranks units differently at different
 depths of the descent, and the best ranking for a mild budget comes early). Only the gate logits are
 trained; the model's weights are frozen. Gradients are accumulated on the
@@ -89,16 +89,16 @@ class _Tracked(nn.Module):
                                       for logit in gates.logits])
 
 
-@torch.no_grad()
-def warm_start(gates: Gates, scores: list[torch.Tensor], spread: float = WARM_START_SPREAD) -> None:
-    """Offset each logit by `spread` x its unit's standardized log score (the mean logit stays put)."""
-    for logit, started in zip(gates.logits, warm_logits(gates, scores, spread)):
-        logit.copy_(started)
+def uses_taylor(options: LearnOptions) -> bool:
+    """Whether learning reads the taylor scores: as its start, or as the first cut checked."""
+    return options.warm_start is WarmStart.TAYLOR or (options.warm_start is WarmStart.CANDIDATE
+                                                      and options.mask_checks > 0)
 
 
 @torch.no_grad()
 def warm_logits(gates: Gates, scores: list[torch.Tensor], spread: float = WARM_START_SPREAD) -> list[torch.Tensor]:
-    """The gates' logits, each offset by `spread` x its unit's standardized log score (the gates unchanged)."""
+    """The gates' logits, each offset by `spread` x its unit's standardized log score (the mean logit stays
+    put; the gates unchanged)."""
     logs = torch.cat(scores).clamp_min(1e-30).log()
     deviation = logs.std() if logs.numel() > 1 and logs.std() > 0 else logs.new_tensor(1.0)
     offsets = (spread * (logs - logs.mean()) / deviation).split([len(s) for s in scores])
@@ -135,7 +135,7 @@ def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Traj
         return ReplayObjective(denoiser, calibration)
     return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
                                options.step_loss, options.checkpoint_steps,
-                               record_batches=0 if options.warm_start is WarmStart.NONE else WARM_START_BATCHES)
+                               record_batches=WARM_START_BATCHES if uses_taylor(options) else 0)
 
 
 def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajectory: Trajectory,
@@ -147,11 +147,13 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     gates = Gates(groups, options.gate, options.init_logit)
     every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
     first_cut = None  # logits whose cut is measured before the first iteration
-    if options.warm_start is WarmStart.TAYLOR or (options.warm_start is WarmStart.CANDIDATE and every):
-        scores = taylor_scores_on(denoiser, groups, objective.sample_calls(denoiser, WARM_START_CALLS))
-        first_cut = warm_logits(gates, scores)
+    if uses_taylor(options):
+        first_cut = warm_logits(gates, taylor_scores_on(denoiser, groups,
+                                                        objective.sample_calls(denoiser, WARM_START_CALLS)))
         if options.warm_start is WarmStart.TAYLOR:
-            warm_start(gates, scores)
+            with torch.no_grad():
+                for logit, started in zip(gates.logits, first_cut):
+                    logit.copy_(started)
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     projected = options.control is BudgetControl.PROJECTED
