@@ -70,7 +70,8 @@ def main() -> None:
                    "params_kept": round(outcome.result.params_after / outcome.result.params_before, 4),
                    "final_sampled_loss": round(learned.losses[-1], 5),
                    "final_kept_fraction": round(learned.kept_fraction[-1], 4),
-                   "held_out_checks": [{"iteration": c["iteration"], "loss": round(c["loss"], 5)} for c in learned.checks],
+                   "held_out_checks": [{"iteration": c["iteration"], "ranking": c.get("ranking", "learned"),
+                                        "loss": round(c["loss"], 5)} for c in learned.checks],
                    "best_iteration": learned.best_iteration, **references.evaluate(key, outcome.model)[1]}
             first = first or key
             if key != first:

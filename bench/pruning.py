@@ -70,6 +70,9 @@ def prune_rows(args, references: SeededReferences, calibration) -> list[dict]:
             if result.learned is not None:
                 row["learn"] = result.stage.to_dict()["learn"]
                 row["final_loss"] = round(result.learned.losses[-1], 5)
+                if (kept := result.learned.kept_check) is not None:
+                    row["kept_cut"] = {"ranking": kept.get("ranking", "learned"), "iteration": kept["iteration"],
+                                       "held_out_loss": round(kept["loss"], 6)}
             print(json.dumps({k: v for k, v in row.items() if k != "learn"}), flush=True)
             rows.append(row)
         learned = next((r for r in rows if r["method"] == "learned" and r["target_params"] == target), None)

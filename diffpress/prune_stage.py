@@ -89,11 +89,12 @@ class DepthInit(str, enum.Enum):
 
 
 class WarmStart(str, enum.Enum):
-    """What the width mask does with each unit's first-order (taylor) output change on the learning
-    trajectories' own calls: nothing (none); start the logits spread by it (taylor); or learn from equal
-    logits and measure the taylor ranking's cut as the first held-out candidate (candidate: the result is
-    never worse on the held-out data than that cut, and the descent is not tied to a first-order ranking,
-    which holds for small removals and misleads for large ones)."""
+    """What the width mask does with one-shot rankings of the units on the learning trajectories' own calls:
+    nothing (none); start the logits spread by the first-order (taylor) output change and measure that
+    ranking's cut first (taylor); or learn from equal logits and measure the cuts of the taylor, activation
+    and weight-magnitude rankings first as held-out candidates (candidate: the result is never worse on the
+    held-out data than those cuts, and the descent is not tied to a one-shot ranking, which holds for small
+    removals and misleads for large ones)."""
 
     NONE = "none"
     TAYLOR = "taylor"

@@ -3,6 +3,7 @@ exactly removal, slicing that reproduces the gated model, budgets, the trajector
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -279,10 +280,12 @@ def test_topk_mask_learning_draws_masks_at_the_scheduled_budget():
 def test_mask_learning_keeps_the_logits_of_the_best_binarized_cut():
     learn = dict(iterations=6, samples=2, batch_size=2, learning_rate=0.5, penalty=20.0, mask_checks=3)
     learned = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn=learn).result.learned
-    assert [c["iteration"] for c in learned.checks] == [0, 2, 4, 6]  # 0: the taylor ranking's cut
+    assert [c["iteration"] for c in learned.checks] == [0, 0, 0, 2, 4, 6]  # 0: the one-shot rankings' cuts
+    assert [c["ranking"] for c in learned.checks] == ["taylor", "activation", "magnitude"] + ["learned"] * 3
     losses = [c["loss"] for c in learned.checks]
-    assert all(loss > 0 for loss in losses)
+    assert all(loss > 0 for loss in losses) and len(set(losses[:3])) == 3  # three different cuts
     assert learned.best_iteration == learned.checks[losses.index(min(losses))]["iteration"]
+    assert learned.kept_check["loss"] == min(losses)
     expected = learned.best if learned.best_iteration != 6 else list(learned.gates.logits)
     assert all(torch.equal(a, b.detach()) for a, b in zip(learned.scores(), expected))
     unchecked = diffpress.prune("builtin:digits", 0.7, None, steps=3, learn={**learn, "mask_checks": 0})
@@ -297,10 +300,32 @@ def test_the_taylor_candidate_is_measured_first_while_the_logits_start_equal():
     init = LearnOptions().init_logit
     assert all(torch.allclose(logit.detach(), torch.full_like(logit, init), atol=1e-4) for logit in candidate.gates.logits)
     assert not all(torch.allclose(logit.detach(), torch.full_like(logit, init), atol=1e-2) for logit in taylor.gates.logits)
-    assert [c["iteration"] for c in candidate.checks] == [0, 1]
+    assert [(c["iteration"], c["ranking"]) for c in candidate.checks] == [
+        (0, "taylor"), (0, "activation"), (0, "magnitude"), (1, "learned")]
+    assert [(c["iteration"], c["ranking"]) for c in taylor.checks] == [(0, "taylor"), (1, "learned")]
     assert candidate.checks[0]["loss"] == pytest.approx(taylor.checks[0]["loss"], rel=1e-4)  # the same taylor cut
     none = diffpress.prune("builtin:digits", 0.8, None, steps=3, learn={**learn, "warm_start": "none"})
     assert [c["iteration"] for c in none.result.learned.checks] == [1]
+
+
+def test_activation_scores_on_replayed_calls_equal_the_calibration_statistics():
+    from diffpress.calibration import CalibrationOptions
+    from diffpress.pruning.importance import activation_scores, activation_scores_on
+
+    options = CalibrationOptions(num_samples=2, steps=3, buckets=3, reservoir_size=4, batch_size=2)
+    calibration = diffpress.calibrate("builtin:digits", options=options)
+    entries = calibration.entries()
+    assert len(entries) == 3  # every call of the run is in the reservoir, so the statistics cover the same inputs
+    from diffusers import UNet2DModel
+    from diffpress.zoo import BUILTINS
+
+    denoiser = UNet2DModel.from_pretrained(BUILTINS["digits"].path / "unet").eval()
+    groups = find_groups(denoiser)
+    on_calls = activation_scores_on(denoiser, groups, [lambda e=e: denoiser(**e.call_kwargs()) for e in entries])
+    from_statistics = activation_scores(denoiser, groups, calibration)
+    assert {g.kind for g in groups} >= {UnitKind.HEAD, UnitKind.CHANNELS}  # linear and convolution consumers
+    for mine, theirs in zip(on_calls, from_statistics):
+        assert torch.allclose(mine, theirs, rtol=1e-4)
 
 
 def test_a_taylor_warm_start_orders_the_logits_as_the_scores():
@@ -360,7 +385,8 @@ def test_the_prune_command_says_which_cut_it_kept_and_saves(tmp_path, capsys):
                  "--batch-size", "2", "--steps", "2", "--mask-checks", "1", "--out", str(tmp_path / "p"),
                  "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "mask learned in" in out and "kept the cut of iteration" in out and "of 2 cuts measured" in out
+    assert "mask learned in" in out and "of 4 cuts measured" in out
+    assert re.search(r"kept (the cut of iteration 2|the (taylor|activation|magnitude) ranking's cut): held-out", out)
     assert (tmp_path / "p" / "recipe.yaml").exists() and "warm_start: candidate" in (tmp_path / "p" / "recipe.yaml").read_text()
 
 

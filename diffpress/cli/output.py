@@ -61,10 +61,11 @@ def print_pruning(outcome) -> None:
         learned = result.learned
         print(f"mask learned in {learned.seconds:.1f} s ({len(learned.losses)} iterations, "
               f"final loss {learned.losses[-1]:.4f})")
-        if learned.checks:
-            best = min(learned.checks, key=lambda c: c["loss"])
-            print(f"kept the cut of iteration {best['iteration']}: held-out error {best['loss']:.4g} (of "
-                  f"{len(learned.checks)} cuts measured, {learned.checks[-1]['loss']:.4g} at the end)")
+        if (best := learned.kept_check) is not None:
+            ranking = best.get("ranking", "learned")
+            which = f"the {ranking} ranking's cut" if ranking != "learned" else f"the cut of iteration {best['iteration']}"
+            print(f"kept {which}: held-out error {best['loss']:.4g} (of {len(learned.checks)} cuts measured, "
+                  f"{learned.checks[-1]['loss']:.4g} at the end)")
     if result.learned_depth is not None:
         depth = result.learned_depth
         print(f"depth mask learned in {depth.seconds:.1f} s ({len(depth.losses)} iterations, {depth.pattern} "

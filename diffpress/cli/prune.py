@@ -82,8 +82,9 @@ def register(subparsers) -> None:
     learn.add_argument("--warm-start", dest="warm_start", choices=options.enum_values(WarmStart),
                        default=defaults("warm_start").value,
                        help="width: each unit's first-order (taylor) importance on the float trajectories' calls "
-                            "spreads the starting logits (taylor), or gives the first cut measured on held-out data "
-                            f"while learning starts from equal logits (candidate); none: neither (default "
+                            "spreads the starting logits and its cut is measured first (taylor); or learning starts "
+                            "from equal logits and the cuts of the taylor, activation and magnitude rankings are "
+                            f"the first measured on held-out data (candidate); none: neither (default "
                             f"{defaults('warm_start').value})")
     learn.add_argument("--mask-checks", dest="mask_checks", type=options.integer(0), default=defaults("mask_checks"),
                        metavar="N", help="binary cuts measured on held-out trajectories during learning, the best "

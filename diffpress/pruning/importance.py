@@ -20,6 +20,7 @@ from torch import nn
 
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
+from ..errors import InputError
 from .gates import GateSite
 from .training import frozen_weights
 from .units import PruneGroup
@@ -49,12 +50,49 @@ def magnitude_scores(model: nn.Module, groups: list[PruneGroup]) -> list[torch.T
 
 
 def activation_scores(model: nn.Module, groups: list[PruneGroup], calibration: CalibrationSet) -> list[torch.Tensor]:
+    return _activation_scores(model, groups, lambda fqn: calibration.merged_over_buckets(fqn).channel_rms)
+
+
+@torch.no_grad()
+def activation_scores_on(model: nn.Module, groups: list[PruneGroup], calls) -> list[torch.Tensor]:
+    """The activation scores with each consumer's input RMS measured over `calls` (zero-argument callables that
+    each run one denoiser call of `model`) instead of read from calibration statistics."""
+    sums: dict[str, torch.Tensor] = {}
+    tokens: dict[str, int] = {}
+
+    def recorder(fqn: str):
+        def hook(module, args):
+            hidden = args[0].detach().float()
+            channels = hidden.transpose(1, -1) if isinstance(module, nn.Conv2d) else hidden
+            squares = channels.reshape(-1, channels.shape[-1]).square()
+            sums[fqn] = squares.sum(0).cpu() + sums.get(fqn, 0)
+            tokens[fqn] = tokens.get(fqn, 0) + squares.shape[0]
+
+        return hook
+
+    consumers = sorted({s.module for g in groups for s in g.consumers})
+    handles = [model.get_submodule(fqn).register_forward_pre_hook(recorder(fqn)) for fqn in consumers]
+    try:
+        for call in calls:
+            call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [fqn for fqn in consumers if fqn not in tokens]
+    if missing:
+        raise InputError(f"activation scores: {missing[0]} saw no input in {len(calls)} denoiser calls", "calls")
+    return _activation_scores(model, groups, lambda fqn: (sums[fqn] / tokens[fqn]).sqrt())
+
+
+def _activation_scores(model: nn.Module, groups: list[PruneGroup], input_rms) -> list[torch.Tensor]:
+    """Per unit: the sum over its consumer columns of input RMS (`input_rms(fqn)`: one value per input column)
+    times the column's weight norm."""
     scores = []
     for group in groups:
         total = torch.zeros(group.count)
         for segment in group.consumers:
             weight = model.get_submodule(segment.module).weight.detach().float()
-            rms = calibration.merged_over_buckets(segment.module).channel_rms.float()
+            rms = input_rms(segment.module).float()
             columns = slice(segment.offset, segment.offset + group.count * group.width)
             per_column = rms[columns] * weight[:, columns].transpose(0, 1).reshape(group.count * group.width, -1).norm(dim=1)
             total += per_column.reshape(group.count, group.width).sum(1)

@@ -26,12 +26,13 @@ probability of being open) is held by `control`:
 With `warm_start` taylor the logits start apart: each is offset by its unit's standardized log taylor
 score (the first-order output change of removing it, `importance.py`) measured on 16 of the float
 trajectories' own denoiser calls, so the descent starts from a first-order ranking that the
-trajectory loss then corrects. With candidate (the default) the logits start equal and the logits so
-offset are only the first candidate measured: on builtin:digits the warm start gained 4.5 dB at 10%
-removed and lost 2 dB at 30% (bench/results/README.md, "Mask learning"), a first-order ranking being
-right for small removals only. Every iterations / `mask_checks` iterations (and at the end, and at the
-start for the taylor ranking's cut) the logits are cut to the budget, as the final selection cuts
-them, and that binary mask's loss is measured without noise on held-out targets (`fit.held_out`: other noise seeds, or the reservoir's next calls);
+trajectory loss then corrects. With candidate (the default) the logits start equal, and the cuts of
+three one-shot rankings are measured first as candidates: taylor, activation (input RMS on the same
+calls times the consumer columns' weight norm) and weight magnitude. On builtin:digits the taylor warm
+start gained 4.5 dB at 10% removed and lost 2 dB at 30% (bench/results/README.md, "Mask learning"), a
+one-shot ranking being right for small removals only; as candidates they cost one held-out measurement
+each and bind nothing. Every iterations / `mask_checks` iterations (and at the end, and at the start
+for the one-shot rankings' cuts) the logits are cut to the budget, as the final selection cuts them, and that binary mask's loss is measured without noise on held-out targets (`fit.held_out`: other noise seeds, or the reservoir's next calls);
 the logits of the best cut are the scores (the penalty descent ranks units differently at different
 depths of the descent, and the best ranking for a mild budget comes early). Only the gate logits are
 trained; the model's weights are frozen. Gradients are accumulated on the
@@ -53,7 +54,7 @@ from ..errors import InputError
 from ..prune_stage import BudgetControl, LearnObjective, LearnOptions, Scope, WarmStart
 from .fit import ReplayObjective, TrajectoryObjective, fit_step, held_out, progress_bar
 from .gates import Gates, GateSite, column_masks
-from .importance import taylor_scores_on
+from .importance import activation_scores_on, magnitude_scores, normalized, taylor_scores_on
 from .select import PruneBudget, select, unit_cost
 from .trajectory import Trajectory
 from .training import frozen_weights, loop_state, restore_loop
@@ -77,6 +78,11 @@ class LearnedMask:
         chosen = self.best if self.best is not None else self.gates.logits
         return [logit.detach().clone() for logit in chosen]
 
+    @property
+    def kept_check(self) -> dict | None:
+        """The held-out check whose cut is kept (the first of least loss), or None without checks."""
+        return min(self.checks, key=lambda c: c["loss"]) if self.checks else None
+
 
 class _Tracked(nn.Module):
     """What a mask-learning checkpoint holds besides the optimizer: the gates, and the logits of the best
@@ -93,6 +99,18 @@ def uses_taylor(options: LearnOptions) -> bool:
     """Whether learning reads the taylor scores: as its start, or as the first cut checked."""
     return options.warm_start is WarmStart.TAYLOR or (options.warm_start is WarmStart.CANDIDATE
                                                       and options.mask_checks > 0)
+
+
+def one_shot_candidates(denoiser: nn.Module, groups: list[PruneGroup], calls: list,
+                        options: LearnOptions) -> dict[str, list[torch.Tensor]]:
+    """The one-shot rankings whose cuts are measured before learning, by name (the first is the taylor warm
+    start's): taylor and activation on `calls` (the float trajectories' own denoiser calls), and weight
+    magnitude; taylor alone unless `warm_start` is candidate. Scores are the baselines' (`importance.py`)."""
+    rankings = {"taylor": taylor_scores_on(denoiser, groups, calls)}
+    if options.warm_start is WarmStart.CANDIDATE:
+        rankings["activation"] = normalized(activation_scores_on(denoiser, groups, calls))
+        rankings["magnitude"] = normalized(magnitude_scores(denoiser, groups))
+    return rankings
 
 
 @torch.no_grad()
@@ -146,13 +164,14 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     objective = objective_for(options, pipe, items, trajectory, denoiser, calibration)
     gates = Gates(groups, options.gate, options.init_logit)
     every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
-    first_cut = None  # logits whose cut is measured before the first iteration
+    first_cuts = {}  # name -> logits whose cut is measured before the first iteration
     if uses_taylor(options):
-        first_cut = warm_logits(gates, taylor_scores_on(denoiser, groups,
-                                                        objective.sample_calls(denoiser, WARM_START_CALLS)))
+        calls = objective.sample_calls(denoiser, WARM_START_CALLS)
+        first_cuts = {name: warm_logits(gates, scores)
+                      for name, scores in one_shot_candidates(denoiser, groups, calls, options).items()}
         if options.warm_start is WarmStart.TAYLOR:
             with torch.no_grad():
-                for logit, started in zip(gates.logits, first_cut):
+                for logit, started in zip(gates.logits, first_cuts["taylor"]):
                     logit.copy_(started)
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
@@ -179,8 +198,9 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
         gates.project(scheduled(0), budget.cost.value)
     with frozen_weights(denoiser), GateSite(denoiser, groups) as site, \
             progress_bar(start, options.iterations, "learn mask", progress) as bar:
-        if every and start == 0 and first_cut is not None:  # the taylor ranking's cut
-            _check(history, tracked, first_cut, validation, site, denoiser, groups, total, budget, scope, -1)
+        if every and start == 0:  # the one-shot rankings' cuts
+            for name, logits in first_cuts.items():
+                _check(history, tracked, logits, validation, site, denoiser, groups, total, budget, scope, -1, name)
         for iteration in bar:
             if at_budget:
                 temperature = TOPK_TEMPERATURE[0] * (TOPK_TEMPERATURE[1] / TOPK_TEMPERATURE[0]) ** (
@@ -217,11 +237,11 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
 
 
 def _check(history: dict, tracked: _Tracked, logits: list[torch.Tensor], objective, site: GateSite, denoiser,
-           groups, total: float, budget: PruneBudget, scope: Scope, iteration: int) -> None:
+           groups, total: float, budget: PruneBudget, scope: Scope, iteration: int, ranking: str = "learned") -> None:
     """Cut `logits` to the budget, measure that mask, and keep the logits if it is the best so far."""
     kept = select(groups, logits, total, budget, scope)
     loss = binarized_loss(objective, site, denoiser, groups, kept)
-    history["checks"].append({"iteration": iteration + 1, "loss": loss})
+    history["checks"].append({"iteration": iteration + 1, "loss": loss, "ranking": ranking})
     if history["best"] is None or loss < min(c["loss"] for c in history["checks"][:-1]):
         history["best"] = iteration + 1
         with torch.no_grad():
