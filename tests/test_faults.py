@@ -302,6 +302,37 @@ def test_mask_learning_resumes_to_the_same_mask(tmp_path, monkeypatch):
     assert files_of(out) == files_of(tmp_path / "reference")
 
 
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_depth_learning_resumes_to_the_same_blocks(tmp_path, monkeypatch, lora_rank):
+    from diffpress.pruning import depth_learn
+
+    learn = {"iterations": 6, "objective": "replay", "mask_checks": 3, "lora_rank": lora_rank, "depth_init": "uniform"}
+
+    def run(out, **kwargs):
+        return diffpress.prune("builtin:digits", None, out, remove_blocks=3, method="learned", learn=learn,
+                               calibration=CalibrationOptions(num_samples=2, steps=4, buckets=2, reservoir_size=4),
+                               **kwargs)
+
+    reference = run(tmp_path / "reference", checkpoint_every=None)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _interrupt_on_call(patch, depth_learn, "fit_step", 5)
+        with pytest.raises(KeyboardInterrupt):
+            run(out, checkpoint_every=0)
+    snapshot = resume.StageCheckpoints(resume.work_path(out) / "depth-learning-1").latest_snapshot()
+    assert snapshot is not None and snapshot[1]["iteration"] == 4
+    assert any("adapters" in key for key in snapshot[0]) == bool(lora_rank)
+    with monkeypatch.context() as patch:
+        steps, original = [], depth_learn.fit_step
+        patch.setattr(depth_learn, "fit_step", lambda *a, **k: (steps.append(1), original(*a, **k))[1])
+        resumed = run(out, resume=True)
+    assert len(steps) == 2  # iterations 5 and 6 only
+    ours, theirs = resumed.result.learned_depth, reference.result.learned_depth
+    assert ours.losses == theirs.losses and ours.checks == theirs.checks
+    assert resumed.result.removed == reference.result.removed
+    assert files_of(out) == files_of(tmp_path / "reference")
+
+
 def test_sensitivity_resumes_to_the_same_allocation(tmp_path, monkeypatch):
     from diffpress.compression.sensitivity import output_metric
     from diffpress.compression.sensitivity.measure import SensitivityOptions

@@ -40,6 +40,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .. import resume
 from ..calibration import CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
 from ..compression.surgery import replace_module
@@ -49,7 +50,7 @@ from .blocks import Block
 from .fit import fit_step, held_out, progress_bar
 from .learn import objective_for, objective_kind
 from .trajectory import Trajectory
-from .training import frozen_weights
+from .training import frozen_weights, loop_state, restore_loop
 
 
 @dataclass
@@ -189,9 +190,10 @@ class BlockSite:
 
 
 @contextlib.contextmanager
-def lora_adapters(model: nn.Module, blocks: list[Block], rank: int) -> Iterator[list[nn.Parameter]]:
+def lora_adapters(model: nn.Module, blocks: list[Block], rank: int, seed: int = 0) -> Iterator[list[nn.Parameter]]:
     """LoRA adapters (peft, rank `rank`) on every Linear and Conv2d inside `blocks`, trainable, for the block;
-    the original layers are put back (unmerged) at the end. Yields the adapters' parameters."""
+    the original layers are put back (unmerged) at the end. Yields the adapters' parameters. Their random
+    initialization is drawn from `seed` (the global generator is left as it was), so a run repeats."""
     if rank <= 0:
         yield []
         return
@@ -208,8 +210,10 @@ def lora_adapters(model: nn.Module, blocks: list[Block], rank: int) -> Iterator[
         yield []
         return
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0),
-                            model, adapter_name="diffpress-depth")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0),
+                                model, adapter_name="diffpress-depth")
     try:
         yield [p for name, p in model.named_parameters() if "lora_" in name]
     finally:
@@ -275,25 +279,46 @@ def learn_depth(model: nn.Module, blocks: list[Block], remove: int, calibration:
     generator = torch.Generator().manual_seed(options.seed)
     every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
     checker = _SetChecker(held_out(objective, model, calibration), model, blocks) if every else None
-    losses = []
+    losses: list[float] = []
+    checkpoints = resume.stage("depth-learning")
     with frozen_weights(model), BlockSite(model, blocks) as site, \
-            lora_adapters(model, blocks, options.lora_rank) as adapters, \
-            progress_bar(0, options.iterations, "learn depth", progress) as bar:
+            lora_adapters(model, blocks, options.lora_rank, options.seed) as adapters:
         groups = [{"params": list(gates.parameters()), "lr": options.learning_rate}]
         if adapters:
             groups.append({"params": adapters, "lr": options.lora_learning_rate})
         optimizer = torch.optim.Adam(groups)
-        if checker:
+        trained = _Trained(gates, adapters)
+        start = 0
+        if (snapshot := checkpoints.latest_snapshot()) is not None:
+            start, history = restore_loop(trained, optimizer, generator, *snapshot)
+            losses = history["losses"]
+            if checker:
+                checker.restore(history["checker"])
+        elif checker:
             checker.check(site, gates.chosen(), 0)  # where the logits start (the one-shot set, by default)
-        for iteration in bar:
-            tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, options.iterations - 1))
-            losses.append(fit_step(site, objective, model, optimizer, iteration, gates.sample(generator, tau)))
-            if checker and ((iteration + 1) % every == 0 or iteration + 1 == options.iterations):
-                checker.check(site, gates.chosen(), iteration + 1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
+        with progress_bar(start, options.iterations, "learn depth", progress) as bar:
+            for iteration in bar:
+                tau = 4.0 * (0.1 / 4.0) ** (iteration / max(1, options.iterations - 1))
+                losses.append(fit_step(site, objective, model, optimizer, iteration, gates.sample(generator, tau)))
+                if checker and ((iteration + 1) % every == 0 or iteration + 1 == options.iterations):
+                    checker.check(site, gates.chosen(), iteration + 1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", tau=f"{tau:.2f}")
+                if iteration + 1 < options.iterations and checkpoints.snapshot_due():
+                    history = {"losses": losses, "checker": checker.state() if checker else None}
+                    checkpoints.write_snapshot(*loop_state(trained, optimizer, generator, iteration + 1, history))
     removed = checker.best() if checker else gates.chosen()
     return LearnedDepth(removed, losses, gates.probabilities(), time.perf_counter() - started,
                         options.depth_pattern.value, kind.value, checker.checks if checker else [])
+
+
+class _Trained(nn.Module):
+    """What a depth-learning checkpoint holds besides the optimizer: the gates' logits and the LoRA adapters
+    co-trained with them (the model's own parameters, held here only to be saved and put back)."""
+
+    def __init__(self, gates: nn.Module, adapters: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.gates = gates
+        self.adapters = nn.ParameterList(adapters)
 
 
 class _SetChecker:
@@ -320,4 +345,18 @@ class _SetChecker:
 
     def best(self) -> list[Block]:
         return self.sets[min(self.losses, key=self.losses.get)]
+
+    def state(self) -> dict:
+        """JSON: every set measured with its loss, in the order measured, and the checks."""
+        return {"measured": [{"removed": [b.name for b in self.sets[key]], "loss": loss}
+                             for key, loss in self.losses.items()],
+                "checks": self.checks}
+
+    def restore(self, state: dict) -> None:
+        by_name = {b.name: b for b in self.blocks}
+        for entry in state["measured"]:
+            key = frozenset(entry["removed"])
+            self.losses[key] = entry["loss"]
+            self.sets[key] = [by_name[name] for name in entry["removed"]]
+        self.checks = list(state["checks"])
 
