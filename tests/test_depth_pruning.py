@@ -173,6 +173,28 @@ def test_recovery_distills_the_pruned_model_toward_the_float_one():
     assert recovery.output_loss_after < 0.5 * recovery.output_loss_before
 
 
+def test_recovery_is_judged_on_calls_it_did_not_train_on():
+    from diffpress.pruning.recover import distill, output_loss, record_teacher
+
+    model, inputs = build("pixart")
+    timesteps = [950, 900, 850, 800, 150, 100, 50, 20]  # 4 calls in each of 2 buckets
+    calibration = diffpress.calibrate(model, forward_loop=tiny_models.timestep_loop(inputs, timesteps), buckets=2,
+                                      reservoir_size=4)
+    blocks = find_blocks(model, lambda m: tiny_models.run(m, inputs))
+    teacher = record_teacher(model, calibration, [blocks[1].name], per_bucket=2)
+    trained_on = {float(e.call_kwargs()["timestep"][0]) for e in teacher.calls}
+    judged_on = {float(e.call_kwargs()["timestep"][0]) for e in teacher.held_out_calls}
+    assert len(trained_on) == len(judged_on) == 4 and not trained_on & judged_on
+    remove_blocks(model, blocks[:1])
+    before = output_loss(model, teacher, held_out=True)
+    assert before != output_loss(model, teacher)
+    recovery = distill(model, teacher, steps=20, learning_rate=1e-3)
+    assert recovery.judged_on == "held-out calls" and recovery.output_loss_before == pytest.approx(before)
+    now = output_loss(model, teacher, held_out=True)  # kept: the trained weights; else the pruned ones put back
+    assert now == pytest.approx(recovery.output_loss_after if recovery.kept else before)
+    assert recovery.kept == (recovery.output_loss_after < before)
+
+
 def test_a_recovered_depth_pruned_model_saves_its_loss_curve(tmp_path):
     import json
 

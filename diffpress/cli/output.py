@@ -78,7 +78,7 @@ def print_pruning(outcome) -> None:
         recovery, curve = result.recovery, result.recovery.losses
         outcome_text = "kept" if recovery.kept else "discarded: it raised the output error; the pruned weights stay"
         print(f"recovered in {recovery.seconds:.1f} s ({len(curve)} steps, distillation loss "
-              f"{curve[0]:.4f} -> {curve[-1]:.4f}; output error on the calibration calls "
+              f"{curve[0]:.4f} -> {curve[-1]:.4f}; output error on the {recovery.judged_on} "
               f"{recovery.output_loss_before:.4f} -> {recovery.output_loss_after:.4f}; {outcome_text})")
     where = f"saved {outcome.out}" if outcome.out else "not saved"
     print(f"{where} in {result.seconds:.1f} s")

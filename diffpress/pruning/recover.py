@@ -12,8 +12,10 @@ feature's own power (LAPTOP-Diff): un-normalized feature losses differ by orders
 between blocks and the largest would dominate. The teacher copy is never held: its targets are
 recorded on the CPU once, so memory is the model plus the recorded tensors (and, while training, a
 CPU copy of the pruned weights). The trained weights are kept only when they lower the output error
-over the recorded calls (a model already close to the teacher can be moved away by a few hundred
-steps); otherwise the pruned weights are put back and the result says so (`Recovery.kept`).
+(a model already close to the teacher can be moved away by a few hundred steps); otherwise the
+pruned weights are put back and the result says so (`Recovery.kept`). That error is judged on
+held-out calls -- the reservoir's next calls of each bucket, never trained on -- where the
+calibration set has them, else on the training calls (`Recovery.judged_on`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class TeacherTargets:
     calls: list  # calibration entries
     outputs: list[torch.Tensor]
     features: list[dict[str, list[torch.Tensor]]]  # per call: block name -> its output tensors
+    held_out_calls: list = field(default_factory=list)  # calls not trained on, that judge the result
+    held_out_outputs: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -44,14 +48,16 @@ class Recovery:
     losses: list[float] = field(default_factory=list)
     output_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    output_loss_before: float = float("nan")  # mean relative output error over every recorded call
+    output_loss_before: float = float("nan")  # mean relative output error over the judging calls
     output_loss_after: float = float("nan")  # of the trained weights (kept or not)
     kept: bool = True  # False: training raised the output error, and the pruned weights were put back
+    judged_on: str = "training calls"  # or "held-out calls": where before / after were measured
 
     def to_dict(self) -> dict:
         return {"steps": len(self.losses), "seconds": round(self.seconds, 2),
                 "output_loss_before": self.output_loss_before, "output_loss_after": self.output_loss_after,
-                "kept": self.kept, "loss": self.losses, "output_loss": self.output_losses}
+                "kept": self.kept, "judged_on": self.judged_on, "loss": self.losses,
+                "output_loss": self.output_losses}
 
 
 def _tensors(output) -> list[torch.Tensor]:
@@ -79,8 +85,11 @@ def _capturing(model: nn.Module, names: list[str], into: dict):
 
 def record_teacher(model: nn.Module, calibration: CalibrationSet, feature_blocks: list[str],
                    per_bucket: int = 2) -> TeacherTargets:
-    """The float model's outputs and surviving-block outputs on `per_bucket` calibration calls per bucket."""
+    """The float model's outputs and surviving-block outputs on `per_bucket` calibration calls per bucket, and
+    its outputs on up to `per_bucket` more calls per bucket (held out, where the reservoir has them)."""
     calls = calibration_entries(calibration, per_bucket)
+    held_out = [e for bucket in sorted(calibration.reservoir)
+                for e in calibration.reservoir[bucket][per_bucket:2 * per_bucket]]
     outputs, features = [], []
     with torch.no_grad():
         for entry in calls:
@@ -88,11 +97,15 @@ def record_teacher(model: nn.Module, calibration: CalibrationSet, feature_blocks
             with _capturing(model, feature_blocks, captured):
                 outputs.append(output_tensor(model(**entry.call_kwargs())).detach().float().cpu())
             features.append({k: [t.detach().float().cpu() for t in v] for k, v in captured.items()})
-    return TeacherTargets(calls, outputs, features)
+        held_out_outputs = [output_tensor(model(**e.call_kwargs())).detach().float().cpu() for e in held_out]
+    return TeacherTargets(calls, outputs, features, held_out, held_out_outputs)
 
 
-def output_loss(model: nn.Module, teacher: TeacherTargets) -> float:
-    """Mean relative output error of `model` against the teacher over every recorded call."""
+def output_loss(model: nn.Module, teacher: TeacherTargets, held_out: bool = False) -> float:
+    """Mean relative output error of `model` against the teacher over the recorded training calls, or (held_out)
+    over the held-out calls where there are any."""
+    if held_out and teacher.held_out_calls:
+        return output_error(model, teacher.held_out_calls, teacher.held_out_outputs)
     return output_error(model, teacher.calls, teacher.outputs)
 
 
@@ -100,18 +113,19 @@ def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate
             feature_weight: float = 1.0, seed: int = 0, progress: bool = False,
             keep_if_better: bool = True) -> Recovery:
     """Train `model`'s weights toward the teacher targets for `steps` steps (in place); the loss curve. With
-    `keep_if_better`, the trained weights stay only if they lower the output error over the recorded calls;
-    otherwise the weights from before (held on the CPU meanwhile) are put back."""
+    `keep_if_better`, the trained weights stay only if they lower the output error on the held-out calls (the
+    training calls where there are none); otherwise the weights from before (held on the CPU meanwhile) are put
+    back."""
     started = time.perf_counter()
     parameters = [p for p in model.parameters() if p.requires_grad and p.numel()]
     before = [p.detach().to("cpu", copy=True) for p in parameters] if keep_if_better else None
     optimizer = torch.optim.Adam(parameters, lr=learning_rate)
     order = torch.randperm(len(teacher.calls), generator=torch.Generator().manual_seed(seed)).tolist()
-    recovery = Recovery()
+    recovery = Recovery(judged_on="held-out calls" if teacher.held_out_calls else "training calls")
     names = sorted(teacher.features[0]) if teacher.features else []
     was_training = model.training
     model.train(False)  # dropout off: the teacher ran in eval mode
-    recovery.output_loss_before = output_loss(model, teacher)
+    recovery.output_loss_before = output_loss(model, teacher, held_out=True)
     try:
         with tqdm(range(steps), desc="recover", unit="step", disable=not progress) as bar:
             for step in bar:
@@ -131,7 +145,7 @@ def distill(model: nn.Module, teacher: TeacherTargets, steps: int, learning_rate
     finally:
         model.train(was_training)
         optimizer.zero_grad(set_to_none=True)
-    recovery.output_loss_after = output_loss(model, teacher)
+    recovery.output_loss_after = output_loss(model, teacher, held_out=True)
     if before is not None and not recovery.output_loss_after < recovery.output_loss_before:
         recovery.kept = False
         with torch.no_grad():
