@@ -278,6 +278,23 @@ def test_a_run_without_resume_discards_an_old_work_directory(tmp_path, monkeypat
     assert files_of(out) == uninterrupted and leftovers(tmp_path) == []
 
 
+def _interrupted_at_5_then_resumed(monkeypatch, module, run, out: Path, stage: str):
+    """Interrupt `run(out)` in the 5th call of module.fit_step (checkpointing after every iteration), check the
+    stage's snapshot holds 4 iterations, then resume; (the snapshot, the resumed outcome, fit_step calls on
+    resume)."""
+    with monkeypatch.context() as patch:
+        _interrupt_on_call(patch, module, "fit_step", 5)
+        with pytest.raises(KeyboardInterrupt):
+            run(out, checkpoint_every=0)
+    snapshot = resume.StageCheckpoints(resume.work_path(out) / stage).latest_snapshot()
+    assert snapshot is not None and snapshot[1]["iteration"] == 4
+    with monkeypatch.context() as patch:
+        steps, original = [], module.fit_step
+        patch.setattr(module, "fit_step", lambda *a, **k: (steps.append(1), original(*a, **k))[1])
+        resumed = run(out, resume=True)
+    return snapshot, resumed, len(steps)
+
+
 def test_mask_learning_resumes_to_the_same_mask(tmp_path, monkeypatch):
     from diffpress.pruning import learn
 
@@ -287,17 +304,8 @@ def test_mask_learning_resumes_to_the_same_mask(tmp_path, monkeypatch):
 
     reference = run(tmp_path / "reference", checkpoint_every=None)
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        _interrupt_on_call(patch, learn, "fit_step", 5)
-        with pytest.raises(KeyboardInterrupt):
-            run(out, checkpoint_every=0)
-    snapshot = resume.StageCheckpoints(resume.work_path(out) / "mask-learning-1").latest_snapshot()
-    assert snapshot is not None and snapshot[1]["iteration"] == 4
-    with monkeypatch.context() as patch:
-        steps, original = [], learn.fit_step
-        patch.setattr(learn, "fit_step", lambda *a, **k: (steps.append(1), original(*a, **k))[1])
-        resumed = run(out, resume=True)
-    assert len(steps) == 2  # iterations 5 and 6 only
+    _, resumed, steps = _interrupted_at_5_then_resumed(monkeypatch, learn, run, out, "mask-learning-1")
+    assert steps == 2  # iterations 5 and 6 only
     assert resumed.result.params_after == reference.result.params_after
     assert files_of(out) == files_of(tmp_path / "reference")
 
@@ -315,18 +323,9 @@ def test_depth_learning_resumes_to_the_same_blocks(tmp_path, monkeypatch, lora_r
 
     reference = run(tmp_path / "reference", checkpoint_every=None)
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        _interrupt_on_call(patch, depth_learn, "fit_step", 5)
-        with pytest.raises(KeyboardInterrupt):
-            run(out, checkpoint_every=0)
-    snapshot = resume.StageCheckpoints(resume.work_path(out) / "depth-learning-1").latest_snapshot()
-    assert snapshot is not None and snapshot[1]["iteration"] == 4
+    snapshot, resumed, steps = _interrupted_at_5_then_resumed(monkeypatch, depth_learn, run, out, "depth-learning-1")
     assert any("adapters" in key for key in snapshot[0]) == bool(lora_rank)
-    with monkeypatch.context() as patch:
-        steps, original = [], depth_learn.fit_step
-        patch.setattr(depth_learn, "fit_step", lambda *a, **k: (steps.append(1), original(*a, **k))[1])
-        resumed = run(out, resume=True)
-    assert len(steps) == 2  # iterations 5 and 6 only
+    assert steps == 2  # iterations 5 and 6 only
     ours, theirs = resumed.result.learned_depth, reference.result.learned_depth
     assert ours.losses == theirs.losses and ours.checks == theirs.checks
     assert resumed.result.removed == reference.result.removed
