@@ -96,7 +96,8 @@ class _Tracked(nn.Module):
 
 
 def uses_taylor(options: LearnOptions) -> bool:
-    """Whether learning reads the taylor scores: as its start, or as the first cut checked."""
+    """Whether learning reads the one-shot rankings (`one_shot_candidates`: taylor, and with candidate also
+    activation and magnitude) on the trajectories' calls: as its start, or as the first cuts checked."""
     return options.warm_start is WarmStart.TAYLOR or (options.warm_start is WarmStart.CANDIDATE
                                                       and options.mask_checks > 0)
 
