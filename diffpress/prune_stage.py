@@ -122,7 +122,7 @@ class LearnOptions:
     `samples` distinct (item, seed) targets; Adam at `learning_rate` on the gate logits; the budget held by
     `control` (a penalty of weight `penalty` ramped in over the first `warmup` fraction of the iterations,
     or projected / topk with the budget falling to the target over `warmup`); `warm_start` spreads the
-    starting logits by first-order importance, or (candidate) measures its ranking's cut first;
+    starting logits by first-order importance, or (candidate) measures the taylor, activation and magnitude cuts first;
     `mask_checks` binary cuts are measured on held-out data and the best kept; `step_loss` weighs a per-step term (the gated denoiser's output on the float trajectory's
     calls against the float output) beside the final-latent loss (0: final latent only); `objective`: the
     sampling trajectory or replayed calibration calls. Learned depth (unit blocks) also reads

@@ -359,4 +359,3 @@ class _SetChecker:
             self.losses[key] = entry["loss"]
             self.sets[key] = [by_name[name] for name in entry["removed"]]
         self.checks = list(state["checks"])
-

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..calibration import CalibrationSet
+from ..calibration import ActStats, CalibrationSet
 from ..compression.sensitivity.output_metric import output_tensor
 from ..errors import InputError
 from .gates import GateSite
@@ -57,16 +57,12 @@ def activation_scores(model: nn.Module, groups: list[PruneGroup], calibration: C
 def activation_scores_on(model: nn.Module, groups: list[PruneGroup], calls) -> list[torch.Tensor]:
     """The activation scores with each consumer's input RMS measured over `calls` (zero-argument callables that
     each run one denoiser call of `model`) instead of read from calibration statistics."""
-    sums: dict[str, torch.Tensor] = {}
-    tokens: dict[str, int] = {}
+    stats: dict[str, ActStats] = {}
 
     def recorder(fqn: str):
         def hook(module, args):
-            hidden = args[0].detach().float()
-            channels = hidden.transpose(1, -1) if isinstance(module, nn.Conv2d) else hidden
-            squares = channels.reshape(-1, channels.shape[-1]).square()
-            sums[fqn] = squares.sum(0).cpu() + sums.get(fqn, 0)
-            tokens[fqn] = tokens.get(fqn, 0) + squares.shape[0]
+            seen = ActStats.from_input(args[0], 1 if isinstance(module, nn.Conv2d) else -1).cpu()
+            stats[fqn] = stats[fqn].merge(seen) if fqn in stats else seen
 
         return hook
 
@@ -78,10 +74,10 @@ def activation_scores_on(model: nn.Module, groups: list[PruneGroup], calls) -> l
     finally:
         for handle in handles:
             handle.remove()
-    missing = [fqn for fqn in consumers if fqn not in tokens]
+    missing = [fqn for fqn in consumers if fqn not in stats]
     if missing:
         raise InputError(f"activation scores: {missing[0]} saw no input in {len(calls)} denoiser calls", "calls")
-    return _activation_scores(model, groups, lambda fqn: (sums[fqn] / tokens[fqn]).sqrt())
+    return _activation_scores(model, groups, lambda fqn: stats[fqn].channel_rms)
 
 
 def _activation_scores(model: nn.Module, groups: list[PruneGroup], input_rms) -> list[torch.Tensor]:

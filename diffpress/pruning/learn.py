@@ -95,7 +95,7 @@ class _Tracked(nn.Module):
                                       for logit in gates.logits])
 
 
-def uses_taylor(options: LearnOptions) -> bool:
+def reads_rankings(options: LearnOptions) -> bool:
     """Whether learning reads the one-shot rankings (`one_shot_candidates`: taylor, and with candidate also
     activation and magnitude) on the trajectories' calls: as its start, or as the first cuts checked."""
     return options.warm_start is WarmStart.TAYLOR or (options.warm_start is WarmStart.CANDIDATE
@@ -154,7 +154,7 @@ def objective_for(options: LearnOptions, pipe, items: Sequence, trajectory: Traj
         return ReplayObjective(denoiser, calibration)
     return TrajectoryObjective(pipe, items, trajectory, options.samples, options.batch_size, options.seed,
                                options.step_loss, options.checkpoint_steps,
-                               record_batches=WARM_START_BATCHES if uses_taylor(options) else 0)
+                               record_batches=WARM_START_BATCHES if reads_rankings(options) else 0)
 
 
 def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajectory: Trajectory,
@@ -166,7 +166,7 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     gates = Gates(groups, options.gate, options.init_logit)
     every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
     first_cuts = {}  # name -> logits whose cut is measured before the first iteration
-    if uses_taylor(options):
+    if reads_rankings(options):
         calls = objective.sample_calls(denoiser, WARM_START_CALLS)
         first_cuts = {name: warm_logits(gates, scores)
                       for name, scores in one_shot_candidates(denoiser, groups, calls, options).items()}
