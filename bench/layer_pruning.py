@@ -2,7 +2,8 @@
 random, each without and with recovery distillation, against the float model (CPU).
 
     python bench/layer_pruning.py --model builtin:digits-flux [--fractions 0.25 0.5]
-        [--methods oneshot learned random] [--recover-steps 100] [--num-samples 100] [--seeds 0 1]
+        [--methods oneshot learned random] [--recover-steps 100] [--recovery both|only|none]
+        [--num-samples 100] [--seeds 0 1]
         [--learn '{"lora_rank": 8}' --tag lora8] [--combined]
 
 For each (fraction of removable blocks removed, method, recovery): prune in memory, then sample against
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--methods", nargs="+", default=["oneshot", "learned", "random"])
     parser.add_argument("--recover-steps", type=int, default=100)
+    parser.add_argument("--recovery", choices=["both", "only", "none"], default="both",
+                        help="rows without and with recovery (both), only recovered rows, or none recovered")
     parser.add_argument("--num-samples", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="evaluation seeds; the first gives the headline columns")
@@ -114,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for fraction in args.fractions:
             for method in args.methods:
-                for recover in (False, True):
+                for recover in {"both": (False, True), "only": (True,), "none": (False,)}[args.recovery]:
                     target = Path(scratch) / f"{method}-{fraction}" if (args.combined and method == "oneshot"
                                                                         and recover and fraction == max(args.fractions)) else None
                     row, _ = prune_row(args, references, float_seconds, blocks, fraction, method, recover, target)
