@@ -304,8 +304,11 @@ def test_mask_learning_resumes_to_the_same_mask(tmp_path, monkeypatch):
 
     reference = run(tmp_path / "reference", checkpoint_every=None)
     out = tmp_path / "out"
+    rankings, original = [], learn.one_shot_candidates
+    monkeypatch.setattr(learn, "one_shot_candidates", lambda *a, **k: (rankings.append(1), original(*a, **k))[1])
     _, resumed, steps = _interrupted_at_5_then_resumed(monkeypatch, learn, run, out, "mask-learning-1")
     assert steps == 2  # iterations 5 and 6 only
+    assert len(rankings) == 1  # measured by the interrupted run; the resumed one reads its checks from the snapshot
     assert resumed.result.params_after == reference.result.params_after
     assert files_of(out) == files_of(tmp_path / "reference")
 

@@ -304,6 +304,7 @@ def test_the_taylor_candidate_is_measured_first_while_the_logits_start_equal():
         (0, "taylor"), (0, "activation"), (0, "magnitude"), (1, "learned")]
     assert [(c["iteration"], c["ranking"]) for c in taylor.checks] == [(0, "taylor"), (1, "learned")]
     assert candidate.checks[0]["loss"] == pytest.approx(taylor.checks[0]["loss"], rel=1e-4)  # the same taylor cut
+    assert all(type(m.seconds) is float and m.seconds > 0 for m in (candidate, taylor))
     none = diffpress.prune("builtin:digits", 0.8, None, steps=3, learn={**learn, "warm_start": "none"})
     assert [c["iteration"] for c in none.result.learned.checks] == [1]
 

@@ -165,15 +165,17 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     objective = objective_for(options, pipe, items, trajectory, denoiser, calibration)
     gates = Gates(groups, options.gate, options.init_logit)
     every = max(1, options.iterations // options.mask_checks) if options.mask_checks else 0
+    checkpoints = resume.stage("mask-learning")
+    snapshot = checkpoints.latest_snapshot()  # a resumed run has measured the rankings' cuts and moved on
     first_cuts = {}  # name -> logits whose cut is measured before the first iteration
-    if reads_rankings(options):
+    if reads_rankings(options) and snapshot is None:
         calls = objective.sample_calls(denoiser, WARM_START_CALLS)
         first_cuts = {name: warm_logits(gates, scores)
                       for name, scores in one_shot_candidates(denoiser, groups, calls, options).items()}
         if options.warm_start is WarmStart.TAYLOR:
             with torch.no_grad():
-                for logit, started in zip(gates.logits, first_cuts["taylor"]):
-                    logit.copy_(started)
+                for logit, warm in zip(gates.logits, first_cuts["taylor"]):
+                    logit.copy_(warm)
     optimizer = torch.optim.Adam(gates.parameters(), lr=options.learning_rate)
     fixed = total - sum(g.count * unit_cost(g, budget.cost) for g in groups)
     projected = options.control is BudgetControl.PROJECTED
@@ -190,9 +192,8 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     history: dict = {"losses": [], "kept": [], "checks": [], "best": None}
     losses, kept = history["losses"], history["kept"]
     validation = held_out(objective, denoiser, calibration) if every else None
-    checkpoints = resume.stage("mask-learning")
     start = 0
-    if (snapshot := checkpoints.latest_snapshot()) is not None:
+    if snapshot is not None:
         start, history = restore_loop(tracked, optimizer, generator, *snapshot)
         losses, kept = history["losses"], history["kept"]
     elif projected:
