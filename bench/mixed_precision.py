@@ -12,10 +12,11 @@ What `diffpress compress --preset mixed` does, step by step, with every number k
 - sensitivity of every quantizable layer (the default skip list excluded) with those modules: output
   SQNR on 2 reservoir calls per bucket, and the image metric (16 samples x the sampler steps) for every layer;
 - allocation by integer program at average weight bits 4, 4.5, 5, 6, 8 (weights 4 or 8 bits,
-  8-bit INT activations everywhere), costed by the image metric; one more 5-bit allocation costed by
+  8-bit INT activations everywhere), costed by the image metric (each layer's typical per-sample error); one more 5-bit allocation costed by
   the output metric alone, for comparison; and the 5-bit allocation `compress --preset mixed` keeps: the
   allocations of the image metric, the output metric and their geometric mean measured whole on 16 held-out
-  samples (seed 1) and the best taken (`compression.selection`);
+  samples (seed 1) and the best taken (`compression.selection`); and one more 5-bit allocation costed by
+  the image error pooled over the samples (the image cost before the typical per-sample error);
 - each allocation assembled from the measured modules (`quantize_model(..., ready=...)`) and sampled
   with the eval harness (same labels or prompts, seeds and noise as `diffpress eval`, and its guidance), at
   seeds 0 and 1, each PSNR with its bootstrap 95% interval over the samples and each row's paired difference
@@ -134,6 +135,16 @@ class Runner:
                 "sample_mse": {seed: s.sample_mse for seed, s in sides.items()}}
 
 
+def pooled_image_report(report: SensitivityReport) -> SensitivityReport | None:
+    """`report` with each image score costed by its relative error pooled over the samples (the cost before
+    the typical per-sample error); None if no score has a typical error (an older report)."""
+    if not any(score.typical_error is not None for per in report.image.values() for score in per.values()):
+        return None
+    image = {fqn: {name: replace(score, typical_error=None) for name, score in per.items()}
+             for fqn, per in report.image.items()}
+    return replace(report, image=image)
+
+
 def row(kind: str, allocation: Allocation, measured: dict) -> dict:
     measured = dict(measured)
     measured.pop("sample_mse", None)
@@ -149,7 +160,7 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
     import matplotlib.pyplot as plt
 
     mixed = sorted((r for r in rows if r["kind"] == "mixed"), key=lambda r: r["avg_bits"])
-    uniform = [r for r in rows if r["kind"] not in ("mixed", "mixed-output-metric", "mixed-selected")]
+    uniform = [r for r in rows if not r["kind"].startswith("mixed")]
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     axis.plot([r["avg_bits"] for r in mixed], [r["psnr_db"] for r in mixed], "o-", label="mixed (ILP)")
     for r in uniform:
@@ -203,6 +214,8 @@ def main() -> None:
     deterministic = all(repeat[b] == allocations[b].choice for b in args.budgets)
     output_only = SensitivityReport.from_dict({**report.to_dict(), "image": {}})
     output_allocation = allocate(choices_from_report(output_only, CANDIDATES), Budget(avg_bits=5.0))
+    pooled = pooled_image_report(report)  # the image cost before the typical per-sample error
+    pooled_allocation = allocate(choices_from_report(pooled, CANDIDATES), Budget(avg_bits=5.0)) if pooled else None
     runner = Runner(pipe, calibration, EvalSettings.for_model(args.model, args.num_samples), variants, builtin.path)
     rows = []
     for name in CANDIDATES:
@@ -219,6 +232,9 @@ def main() -> None:
         _print(rows[-1])
     rows.append(row("mixed-output-metric", output_allocation, runner.measure(output_allocation)))
     _print(rows[-1])
+    if pooled_allocation is not None:
+        rows.append(row("mixed-pooled-image-metric", pooled_allocation, runner.measure(pooled_allocation)))
+        _print(rows[-1])
     # what `compress --preset mixed` keeps: the contenders measured whole on held-out samples (seed 1)
     validation_probe = pipeline_image_probe(pipe, items, IMAGE_SAMPLES, builtin.eval_steps, seed=VALIDATION_SEED)
     chosen, picked = selection.select(denoiser, selection.contenders(report, Budget(avg_bits=5.0)), variants,

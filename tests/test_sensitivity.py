@@ -114,7 +114,7 @@ def test_image_metric_on_selected_layers(toy):
     assert loud["bf16"].psnr_db > loud["w8a8-int8"].psnr_db > loud["w4a8-int"].psnr_db
     assert image_metric_layers(report, 2) == list(report.image)
     # the allocator's cost: the image error where measured, the output error in image units elsewhere
-    assert report.cost("loud", "w4a8-int") == loud["w4a8-int"].relative_error
+    assert report.cost("loud", "w4a8-int") == loud["w4a8-int"].typical_error > 0
     unmeasured = next(f for f in report.output_sqnr if f not in report.image)
     factor = report.output_to_image
     assert factor != 1.0
@@ -197,3 +197,26 @@ def test_diffusers_unet_every_layer_measured_skips_respected():
     assert len(names) > 8 and report.buckets == [0, 1]
     assert all(math.isfinite(report.output_sqnr_db(n, "w4a16-int4")) for n in names)
     assert set(report.activation_absmax) == set(names)
+
+
+def test_the_image_cost_is_the_typical_sample_error_not_one_flipped_sample():
+    from diffpress.compression.sensitivity.image_metric import image_score
+    from diffpress.compression.sensitivity.report import ImageScore
+
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(16, 3, 12, 12, generator=generator)
+    slight = reference + 0.03 * torch.randn(reference.shape, generator=generator)
+    flipped = reference + 1e-3 * torch.randn(reference.shape, generator=generator)
+    flipped[0] = torch.randn(reference[0].shape, generator=generator)  # one sample went to another mode
+    one, every = image_score(reference, flipped), image_score(reference, slight)
+    assert one.relative_error > every.relative_error  # pooled, the flipped sample dominates
+    assert one.typical_error < every.typical_error  # typically, every sample of `slight` moved more
+    per_sample = [float((reference[i] - slight[i]).square().sum() / reference[i].square().sum()) for i in range(16)]
+    assert every.typical_error == pytest.approx(math.exp(sum(map(math.log, per_sample)) / 16), rel=1e-6)
+    assert one.cost == one.typical_error
+    assert image_score(reference, reference.clone()).typical_error == pytest.approx(1e-20)
+    assert image_score(reference, flipped * float("nan")).cost == math.inf
+    # a report written before the typical error: its pooled error is the cost
+    old = SensitivityReport.from_dict({"layers": [], "candidates": ["c"], "buckets": [0], "output_sqnr_db": {},
+                                       "image": {"x": {"c": {"psnr_db": 30.0, "ssim": None, "relative_error": 0.01}}}})
+    assert old.image["x"]["c"] == ImageScore(30.0, None, 0.01) and old.image["x"]["c"].cost == 0.01

@@ -5,7 +5,7 @@ samples to speak for every prompt; neither is exact. So the allocation is not ta
 alone: the program is solved with three cost tables (the image metric where measured, the output metric
 only, and their geometric mean), each distinct allocation is assembled from the measured modules and
 sampled on a held-out probe (other seeds than the sensitivity probe's), and the one with the smallest
-measured image error is kept. The contenders all meet the budget, so the choice never spends more.
+measured image error (the geometric mean over samples of each sample's error) is kept. The contenders all meet the budget, so the choice never spends more.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ class Selection:
         psnr = lambda s: round(s.psnr_db, 3) if math.isfinite(s.psnr_db) else None
         return {"chosen": self.chosen, "held_out_samples": self.samples, "same_as": self.same_as,
                 "psnr_db": {name: psnr(score) for name, score in self.scores.items()},
-                "relative_error": {name: score.relative_error for name, score in self.scores.items()}}
+                "relative_error": {name: score.relative_error for name, score in self.scores.items()},
+                "typical_error": {name: score.typical_error for name, score in self.scores.items()}}
 
 
 def contenders(report: SensitivityReport, budget, candidates: Sequence[str] | None = None,
@@ -69,7 +70,8 @@ def _geometric_mean(first: list[LayerChoices], second: list[LayerChoices]) -> li
 def select(denoiser: nn.Module, allocations: dict[str, Allocation], variants, probe: ImageProbe, samples: int,
            progress: bool = False) -> tuple[Allocation, Selection]:
     """Measure each distinct allocation on `probe` (its layers quantized together, the float modules put back
-    afterwards) and keep the smallest image error; on a tie the earlier contender (the image metric's)."""
+    afterwards) and keep the smallest image error (`ImageScore.cost`: the typical per-sample error); on a tie
+    the earlier contender (the image metric's)."""
     reference = float_reference(probe, denoiser)
     scores: dict[str, ImageScore] = {}
     same_as: dict[str, str] = {}
@@ -80,5 +82,5 @@ def select(denoiser: nn.Module, allocations: dict[str, Allocation], variants, pr
             same_as[name] = earlier
             continue
         scores[name] = measure_choice(denoiser, variants, allocation.choice, probe, reference)
-    chosen = min(scores, key=lambda name: (scores[name].relative_error, list(allocations).index(name)))
+    chosen = min(scores, key=lambda name: (scores[name].cost, list(allocations).index(name)))
     return allocations[chosen], Selection(chosen, scores, same_as, samples)

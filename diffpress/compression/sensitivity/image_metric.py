@@ -24,6 +24,7 @@ from .report import ImageScore, SensitivityReport
 
 ImageProbe = Callable[[nn.Module], torch.Tensor]  # runs a few seeded samples through the denoiser
 IDENTICAL_PSNR_DB = 200.0  # PSNR reported for identical samples: capped, as the output metric's SQNR
+TYPICAL_ERROR_FLOOR = 1e-20  # per-sample relative error below float32's resolution of an image: identical
 
 
 def pipeline_image_probe(pipe, items: Sequence, num_samples: int = 8, steps: int = 10, seed: int = 0) -> ImageProbe:
@@ -48,9 +49,10 @@ def sample(probe: ImageProbe, denoiser: nn.Module) -> torch.Tensor:
 
 
 def image_score(reference: torch.Tensor, images: torch.Tensor) -> ImageScore:
-    """PSNR over the reference's value range, SSIM where images are at least 11x11, relative error."""
+    """PSNR over the reference's value range, SSIM where images are at least 11x11, the relative error pooled
+    over the samples and its typical value per sample (`typical_error`)."""
     if not torch.isfinite(images).all():
-        return ImageScore(-math.inf, None, math.inf)
+        return ImageScore(-math.inf, None, math.inf, math.inf)
     low, high = float(reference.min()), float(reference.max())
     span = max(high - low, 1e-12)
     unit = lambda x: ((x - low) / span).clamp(0, 1)
@@ -58,7 +60,15 @@ def image_score(reference: torch.Tensor, images: torch.Tensor) -> ImageScore:
     ssim = metrics.ssim(unit(reference), unit(images)) if reference.dim() == 4 and min(reference.shape[-2:]) >= 11 else None
     noise = float((reference.double() - images.double()).square().sum())
     relative = noise / max(float(reference.double().square().sum()), 1e-30)
-    return ImageScore(psnr, ssim, relative)
+    return ImageScore(psnr, ssim, relative, typical_error(reference, images))
+
+
+def typical_error(reference: torch.Tensor, images: torch.Tensor) -> float:
+    """The geometric mean over samples (the first dimension) of each sample's relative error |ref - x|^2 /
+    |ref|^2, floored at TYPICAL_ERROR_FLOOR so that a sample left bit-identical does not send it to zero."""
+    per_sample = (reference.double() - images.double()).flatten(1).square().sum(1) / (
+        reference.double().flatten(1).square().sum(1).clamp_min(1e-30))
+    return float(per_sample.clamp_min(TYPICAL_ERROR_FLOOR).log().mean().exp())
 
 
 def float_reference(probe: ImageProbe, denoiser: nn.Module) -> torch.Tensor:
