@@ -12,8 +12,8 @@ What `diffpress compress --preset mixed` does, step by step, with every number k
 - sensitivity of every quantizable layer (the default skip list excluded) with those modules: output
   SQNR on 2 reservoir calls per bucket, and the image metric (16 samples x the sampler steps) for every layer;
 - allocation by integer program at average weight bits 4, 4.5, 5, 6, 8 (weights 4 or 8 bits,
-  8-bit INT activations everywhere), costed by the image metric (each layer's typical per-sample error); one more 5-bit allocation costed by
-  the output metric alone, for comparison; and the 5-bit allocation `compress --preset mixed` keeps: the
+  8-bit INT activations everywhere), costed by the image metric (each layer's typical per-sample error);
+  one more 5-bit allocation costed by the output metric alone, for comparison; and the 5-bit allocation `compress --preset mixed` keeps: the
   allocations of the image metric, the output metric and their geometric mean measured whole on 16 held-out
   samples (seed 1) and the best taken (`compression.selection`); and one more 5-bit allocation costed by
   the image error pooled over the samples (the image cost before the typical per-sample error);
