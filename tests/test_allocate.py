@@ -180,7 +180,9 @@ def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
     assert "allocation: " in printed and "w8a8-int8" in printed
     assert "allocation chosen by measurement on 16 held-out samples" in printed
     allocation = json.loads((out / "allocation.json").read_text())
-    assert allocation["selection"]["chosen"] in allocation["selection"]["psnr_db"]
+    chosen, typical = allocation["selection"]["chosen"], allocation["selection"]["typical_error"]
+    assert chosen in allocation["selection"]["psnr_db"] and typical[chosen] == min(typical.values())
+    assert "typical sample" in printed  # the per-sample SNR the choice was made by, beside each PSNR
     assert allocation["avg_bits"] <= 5 + 1e-9 and len(allocation["choice"]) == 72
     recipe = Plan.load(out / "recipe.yaml").recipe
     assert {rule.match for rule in recipe.rules} == set(allocation["choice"])

@@ -1,6 +1,8 @@
 """How the commands print results: sizes, the compression summary, the eval table."""
 from __future__ import annotations
 
+import math
+
 
 def format_bytes(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -17,7 +19,7 @@ def print_compression(result, plan_label: str) -> None:
               + ", ".join(f"{name}: {count} layers" for name, count in sorted(a.counts.items())))
         if a.selection is not None:
             chosen = a.selection
-            scores = ", ".join(f"{name} {psnr:.2f} dB" if psnr is not None else f"{name} non-finite"
+            scores = ", ".join(_contender(name, psnr, chosen.get("typical_error", {}).get(name))
                                for name, psnr in chosen["psnr_db"].items())
             same = "".join(f"; {name} = {other}" for name, other in chosen["same_as"].items())
             print(f"allocation chosen by measurement on {chosen['held_out_samples']} held-out samples: "
@@ -107,3 +109,12 @@ def grid_beside(compressed) -> "Path":
 
     compressed = Path(compressed).expanduser().resolve()
     return compressed.parent / f"{compressed.name}-grid.png"
+
+
+def _contender(name: str, psnr: float | None, typical: float | None) -> str:
+    """One measured allocation: its PSNR, and the typical per-sample SNR it was chosen by."""
+    if psnr is None:
+        return f"{name} non-finite"
+    if typical is None or not 0 < typical < math.inf:
+        return f"{name} {psnr:.2f} dB"
+    return f"{name} {psnr:.2f} dB, typical sample {-10 * math.log10(typical):.1f} dB"
