@@ -148,7 +148,8 @@ def pooled_image_report(report: SensitivityReport) -> SensitivityReport | None:
 def row(kind: str, allocation: Allocation, measured: dict) -> dict:
     measured = dict(measured)
     measured.pop("sample_mse", None)
-    return {"kind": kind, "avg_bits": round(allocation.avg_bits, 4), "counts": allocation.counts,
+    return {"kind": kind, "avg_bits": round(allocation.avg_bits, 4), "avg_act_bits": round(allocation.avg_act_bits, 4),
+            "counts": allocation.counts,
             "predicted_image_snr_db": round(-10 * math.log10(max(allocation.objective, 1e-30)), 2),
             "solve_seconds": round(allocation.solve_seconds, 3), **measured, "choice": allocation.choice}
 

@@ -35,21 +35,26 @@ MIXED = "mixed"  # the preset name that stands for a MixedPrecision plan on the 
 
 @dataclass(frozen=True)
 class Budget:
-    """Size budget (exactly one of avg_bits / max_bytes) and an optional latency budget.
+    """Size budget (exactly one of avg_bits / max_bytes), an optional latency budget and an optional
+    activation budget.
 
     avg_bits: parameter-weighted average weight bits of the allocated layers, scales not counted.
     max_bytes: total bytes of the allocated layers' stored weights (codes + scales).
     max_latency: total of the cost table's per-layer latency (same units as the table).
+    avg_act_bits: parameter-weighted average activation bits of the allocated layers (a weight-only or
+    high-precision layer counts 16): what makes 4-bit-activation candidates (w4a4-int, w4a4-fp4) worth
+    choosing, since at equal weight bits they only ever cost more error.
     """
 
     avg_bits: float | None = None
     max_bytes: int | None = None
     max_latency: float | None = None
+    avg_act_bits: float | None = None
 
     def __post_init__(self) -> None:
         if (self.avg_bits is None) == (self.max_bytes is None):
             raise InputError("give exactly one size budget: avg_bits or max_bytes", "avg_bits")
-        for name in ("avg_bits", "max_bytes", "max_latency"):
+        for name in ("avg_bits", "max_bytes", "max_latency", "avg_act_bits"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not value > 0 or not math.isfinite(value)):
@@ -103,11 +108,12 @@ class MixedPrecision:
 
     def _check_feasible_bits(self) -> None:
         """An average below every candidate's bit width is infeasible whatever the model: say so before any work."""
-        smallest = min(candidate(name).weight_bits for name in self.candidates)
-        if self.budget.avg_bits is not None and self.budget.avg_bits < smallest:
-            raise InputError(f"avg_bits {self.budget.avg_bits:g} is infeasible: the smallest feasible average is "
-                             f"{smallest} bits (every layer at the cheapest candidate, of {', '.join(self.candidates)})",
-                             "avg_bits")
+        for budget, bits_of in (("avg_bits", lambda c: c.weight_bits), ("avg_act_bits", lambda c: c.act_bits)):
+            smallest = min(bits_of(candidate(name)) for name in self.candidates)
+            value = getattr(self.budget, budget)
+            if value is not None and value < smallest:
+                raise InputError(f"{budget} {value:g} is infeasible: the smallest feasible average is {smallest} bits "
+                                 f"(every layer at the cheapest candidate, of {', '.join(self.candidates)})", budget)
 
     def to_dict(self) -> dict:
         budget = {k: v for k, v in vars(self.budget).items() if v is not None}

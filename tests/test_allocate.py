@@ -16,8 +16,9 @@ from diffpress.plan import Plan
 from diffpress.recipe import Recipe
 
 
-def option(name: str, cost: float, bits: float, params: int = 100, latency: float | None = None) -> LayerOption:
-    return LayerOption(name, cost, bits, int(bits * params / 8), latency if latency is not None else bits)
+def option(name: str, cost: float, bits: float, params: int = 100, latency: float | None = None,
+           act_bits: float = 8) -> LayerOption:
+    return LayerOption(name, cost, bits, int(bits * params / 8), latency if latency is not None else bits, act_bits)
 
 
 def two_format_layers() -> list[LayerChoices]:
@@ -50,6 +51,9 @@ def brute_force(layers, budget: Budget) -> float:
             continue
         if budget.max_latency is not None and latency > budget.max_latency + 1e-9:
             continue
+        act_bits = sum(o.act_bits * l.params for o, l in zip(picks, layers)) / total
+        if budget.avg_act_bits is not None and act_bits > budget.avg_act_bits + 1e-9:
+            continue
         best = min(best, sum(l.weight * o.cost for o, l in zip(picks, layers)))
     return best
 
@@ -78,6 +82,40 @@ def test_matches_brute_force_on_random_instances(seed):
                 allocate(layers, budget, gap=0)
             continue
         assert allocate(layers, budget, gap=0).objective == pytest.approx(expected, rel=1e-9), budget
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_activation_budget_matches_brute_force(seed):
+    rng = random.Random(100 + seed)
+    layers = []
+    for index in range(6):
+        params = rng.choice([64, 256, 1024])
+        options = tuple(option(name, rng.uniform(0.1, 1) * 2 ** -(bits + act / 2), bits, params, act_bits=act)
+                        for name, bits, act in (("w8a8-int8", 8, 8), ("w4a8-int", 4, 8), ("w4a4-int", 4, 4)))
+        layers.append(LayerChoices(f"layer{index}", params, options))
+    for budget in (Budget(avg_bits=rng.uniform(4, 6), avg_act_bits=rng.uniform(4.5, 7.5)),
+                   Budget(avg_bits=4, avg_act_bits=rng.uniform(4.5, 7.5))):
+        result = allocate(layers, budget, gap=0)
+        assert result.objective == pytest.approx(brute_force(layers, budget), rel=1e-9), budget
+        assert result.avg_act_bits <= budget.avg_act_bits + 1e-9 and result.avg_act_bits < 8
+
+
+def test_an_activation_budget_puts_the_least_sensitive_layers_at_4_bit_activations():
+    layers = [LayerChoices(name, 100, (option("w4a8-int", 1e-4, 4, act_bits=8), option("w4a4-int", cost, 4, act_bits=4)))
+              for name, cost in (("a", 1e-1), ("b", 1e-2), ("c", 1e-3))]
+    unconstrained = allocate(layers, Budget(avg_bits=4))
+    assert set(unconstrained.choice.values()) == {"w4a8-int"} and unconstrained.avg_act_bits == 8
+    one = allocate(layers, Budget(avg_bits=4, avg_act_bits=20 / 3))  # room for one layer at 4-bit activations
+    assert one.choice == {"a": "w4a8-int", "b": "w4a8-int", "c": "w4a4-int"}
+    assert one.avg_act_bits == pytest.approx(20 / 3) and one.to_dict()["avg_act_bits"] == pytest.approx(20 / 3)
+    with pytest.raises(DiffpressError, match=r"avg_act_bits 3 is infeasible: the smallest feasible average is 4 "):
+        allocate(layers, Budget(avg_bits=4, avg_act_bits=3))
+    from diffpress.plan import MixedPrecision
+
+    with pytest.raises(InputError, match=r"avg_act_bits 6 is infeasible: the smallest feasible average is 8 bits"):
+        MixedPrecision(Budget(avg_bits=5, avg_act_bits=6))  # the default candidates all have 8-bit activations
+    plan = MixedPrecision(Budget(avg_bits=4, avg_act_bits=6), candidates=("w4a4-int", "w4a8-int"))
+    assert MixedPrecision.from_dict(plan.to_dict()) == plan and plan.to_dict()["avg_act_bits"] == 6
 
 
 def test_budgets_are_respected_and_deterministic():

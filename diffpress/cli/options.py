@@ -236,6 +236,10 @@ def add_budget(parser) -> None:
                         help="budget: stored bytes (codes + scales) of the allocated layers")
     group.add_argument("--max-latency", type=number(0), metavar="T",
                        help="optional latency budget in the cost table's units (default table: stored bytes)")
+    group.add_argument("--avg-act-bits", type=number(0), metavar="A",
+                       help="optional activation budget: parameter-weighted average activation bits of the allocated "
+                            "layers (weight-only and bf16 count 16); lets 4-bit-activation candidates such as "
+                            "w4a4-int be chosen (e.g. --candidates w4a4-int w4a8-int w8a8-int8-learned --avg-act-bits 6)")
     group.add_argument("--latency-table", type=existing_file, metavar="JSON",
                        help="per-format cost per weight element ({\"w4a8-int\": 0.6, ...}), or a kernel benchmark "
                             "result (bench/results/kernels-<gpu>.json: ms per weight element over its shapes)")
@@ -252,13 +256,14 @@ def plan_of(args):
     """The plan the API's `compress` gets: a preset name, a recipe file, or a MixedPrecision."""
     budget_given = args.avg_bits is not None or args.max_bytes is not None
     if args.preset != MIXED:
-        if budget_given:
-            raise InputError("--avg-bits / --max-bytes choose a budget for --preset mixed; add --preset mixed",
-                             "avg_bits")
+        if budget_given or args.avg_act_bits is not None:
+            raise InputError("--avg-bits / --max-bytes / --avg-act-bits choose a budget for --preset mixed; add "
+                             "--preset mixed", "avg_bits")
         return args.preset or args.recipe
     if not budget_given:
         raise InputError("--preset mixed needs a budget: --avg-bits B or --max-bytes N", "avg_bits")
-    return MixedPrecision(Budget(args.avg_bits, args.max_bytes, args.max_latency), tuple(args.candidates),
+    return MixedPrecision(Budget(args.avg_bits, args.max_bytes, args.max_latency, args.avg_act_bits),
+                          tuple(args.candidates),
                           SensitivityMethods(args.methods), args.calls_per_bucket, args.image_layers,
                           args.image_samples, args.image_steps, args.latency_table, args.validation_samples)
 

@@ -15,7 +15,8 @@ def format_bytes(count: float) -> str:
 def print_compression(result, plan_label: str) -> None:
     if result.allocation is not None:
         a = result.allocation
-        print(f"allocation: {a.avg_bits:.3f} average weight bits, {a.total_bytes} bytes of codes + scales; "
+        act = f", {a.avg_act_bits:.3f} average activation bits" if a.budget.avg_act_bits is not None else ""
+        print(f"allocation: {a.avg_bits:.3f} average weight bits{act}, {a.total_bytes} bytes of codes + scales; "
               + ", ".join(f"{name}: {count} layers" for name, count in sorted(a.counts.items())))
         if a.selection is not None:
             chosen = a.selection

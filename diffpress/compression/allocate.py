@@ -3,7 +3,8 @@
 Variables x[l, f] in {0, 1}: layer l uses candidate format f. Constraints: exactly one format per
 layer; a size budget, either the parameter-weighted average of weight bits
 (sum bits_f * params_l * x / sum params_l <= avg_bits) or total stored bytes (codes + scales in the
-kernel layout, `Candidate.packed_bytes`); optionally a latency budget from a per-format cost table.
+kernel layout, `Candidate.packed_bytes`); optionally a latency budget from a per-format cost table and
+an activation budget (parameter-weighted average activation bits, 16 for weight-only and high precision).
 Objective: minimize sum weight_l * cost[l, f] * x, where cost is relative noise power
 (10^(-SQNR/10)), which adds up roughly across layers when errors are independent.
 
@@ -35,6 +36,7 @@ class LayerOption:
     bits: float
     nbytes: int
     latency: float
+    act_bits: float = 16.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Allocation:
     counts: dict[str, int] = field(default_factory=dict)
     proven: bool = True  # False: CBC hit its time limit; the choice is the best found, not proven within `gap`
     selection: dict | None = None  # when chosen among contenders by measurement (compression.selection)
+    avg_act_bits: float = 16.0  # parameter-weighted average activation bits (16: weight-only / high precision)
 
     def to_recipe(self, methods: SensitivityMethods = SensitivityMethods.FULL) -> Recipe:
         """A recipe with one exact-name rule per layer (bf16: `skip`); other layers stay high precision.
@@ -76,7 +79,8 @@ class Allocation:
                 "predicted_sqnr_db": round(predicted, 3)}
 
     def to_dict(self) -> dict:
-        return {"choice": self.choice, "avg_bits": self.avg_bits, "total_bytes": self.total_bytes,
+        return {"choice": self.choice, "avg_bits": self.avg_bits, "avg_act_bits": self.avg_act_bits,
+                "total_bytes": self.total_bytes,
                 "latency": self.latency, "objective": self.objective, "counts": self.counts, "proven": self.proven,
                 "budget": {k: v for k, v in vars(self.budget).items() if v is not None},
                 "solve_seconds": round(self.solve_seconds, 3),
@@ -187,7 +191,7 @@ def _option(report, layer, name: str, latency_table) -> LayerOption:
     latency = (latency_table[name] * layer.params if latency_table is not None
                else size_proxy_latency(chosen, layer.shape))
     return LayerOption(name, report.cost(layer.fqn, name), float(chosen.weight_bits), chosen.packed_bytes(layer.shape),
-                       latency)
+                       latency, float(chosen.act_bits))
 
 
 # ---------------------------------------------------------------------------------------- solve
@@ -218,6 +222,15 @@ def check_feasible(layers: Sequence[LayerChoices], budget: Budget) -> None:
     if budget.max_latency is not None and budget.max_latency < latency - 1e-9 * max(latency, 1):
         raise DiffpressError(f"max_latency {budget.max_latency:g} is infeasible: the smallest feasible latency "
                              f"is {latency:.6g} (every layer at its fastest candidate)")
+    act_bits = _weighted(layers, lambda layer: min(o.act_bits for o in layer.options))
+    if budget.avg_act_bits is not None and budget.avg_act_bits < act_bits - 1e-9:
+        raise DiffpressError(f"avg_act_bits {budget.avg_act_bits:g} is infeasible: the smallest feasible average is "
+                             f"{act_bits:.4g} activation bits (every layer at its lowest-activation-bit candidate)")
+
+
+def _weighted(layers: Sequence[LayerChoices], value) -> float:
+    """The parameter-weighted average of value(layer) over `layers`."""
+    return sum(value(layer) * layer.params for layer in layers) / sum(layer.params for layer in layers)
 
 
 def allocate(layers: Sequence[LayerChoices], budget: Budget, time_limit: float = 60.0, threads: int = 1,
@@ -262,9 +275,9 @@ def allocate_report(report: SensitivityReport, budget: Budget, candidates: Seque
 
 
 def without_dominated(layer: LayerChoices) -> LayerChoices:
-    """The layer's options minus those another option beats or ties on cost, bits, bytes and latency
+    """The layer's options minus those another option beats or ties on cost, bits, bytes, latency and activation bits
     (of exact duplicates, the first is kept)."""
-    key = lambda o: (o.cost, o.bits, o.nbytes, o.latency)
+    key = lambda o: (o.cost, o.bits, o.nbytes, o.latency, o.act_bits)
     kept = []
     for index, option in enumerate(layer.options):
         beaten = any(all(a <= b for a, b in zip(key(other), key(option))) and (key(other) != key(option) or j < index)
@@ -309,6 +322,10 @@ def _add_budget(problem, layers, variables, budget: Budget) -> None:
         problem += pulp.lpSum(o.nbytes * x for _, o, x in pairs) <= budget.max_bytes, "max_bytes"
     if budget.max_latency is not None:
         problem += pulp.lpSum(o.latency * x for _, o, x in pairs) <= budget.max_latency, "max_latency"
+    if budget.avg_act_bits is not None:
+        total = sum(layer.params for layer in layers)
+        problem += (pulp.lpSum(o.act_bits * l.params / total * x for l, o, x in pairs)
+                    <= budget.avg_act_bits + 1e-9), "avg_act_bits"
 
 
 def _picked(layer: LayerChoices, row) -> LayerOption:
@@ -326,7 +343,7 @@ def _allocation(layers, picked: dict[str, LayerOption], budget: Budget, seconds:
         avg_bits=sum(picked[l.fqn].bits * l.params for l in layers) / total,
         total_bytes=sum(o.nbytes for o in picked.values()), latency=sum(o.latency for o in picked.values()),
         objective=sum(l.weight * picked[l.fqn].cost for l in layers), budget=budget, solve_seconds=seconds,
-        counts=counts)
+        counts=counts, avg_act_bits=_weighted(layers, lambda l: picked[l.fqn].act_bits))
 
 
 def uniform_allocation(layers: Sequence[LayerChoices], name: str) -> Allocation:
