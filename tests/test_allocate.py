@@ -229,6 +229,24 @@ def test_cli_compress_mixed_end_to_end(tmp_path, capsys, one_thread):
     assert "needs a budget" in capsys.readouterr().err
 
 
+def test_cli_compress_mixed_with_an_activation_budget_saves_4_bit_activations(tmp_path, capsys, one_thread):
+    from diffpress.cli.main import main
+
+    out = tmp_path / "w4a6"
+    code = main(["compress", "builtin:digits", "--preset", "mixed", "--candidates", "w4a4-int", "w4a8-int",
+                 "--avg-bits", "4", "--avg-act-bits", "6", "--methods", "rtn", "--image-layers", "0",
+                 "--validation-samples", "0", "--calib-samples", "2", "--calib-steps", "1", "--calls-per-bucket", "1",
+                 "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert "average activation bits" in capsys.readouterr().out
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert 4 <= allocation["avg_act_bits"] <= 6 + 1e-9 and allocation["budget"]["avg_act_bits"] == 6
+    assert set(allocation["choice"].values()) == {"w4a4-int", "w4a8-int"}
+    recipe = Plan.load(out / "recipe.yaml").recipe
+    act_formats = {rule.plan.act_format for rule in recipe.rules}
+    assert {"int4", "int8"} <= {str(getattr(f, "value", f)) for f in act_formats}
+
+
 def test_latency_table_from_a_kernel_benchmark_result(tmp_path):
     from diffpress.compression.allocate import load_latency_table
 
