@@ -6,8 +6,9 @@ layer stays float) and the damage is measured two ways, decoupled as MixDQ does:
 - output metric, for every layer: SQNR (dB) of the denoiser's output against the cached float
   output, on calls replayed from the calibration reservoir, one value per timestep bucket;
 - image metric: PSNR/SSIM and relative error of final samples (seeded samples through the
-  sampler) against the float model's samples; by default for every layer, or for a budget of
-  `image_layers` layers.
+  sampler) against the float model's samples, pooled and typical (the geometric mean over samples of
+  each sample's error: what the allocator reads, `ImageScore.cost`); by default for every layer, or
+  for a budget of `image_layers` layers.
 
 Why two: one denoiser call's output SQNR sees the error of a single step, and the sampler amplifies
 some layers' errors into the image far more than others. On builtin:digits at W4A8 (full methods),
