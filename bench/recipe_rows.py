@@ -23,13 +23,15 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--model", default="builtin:digits")
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--only", nargs="*", help="run only rows whose label contains one of these")
+    parser.add_argument("--exact", action="store_true", help="--only names whole labels, not parts of them")
+    parser.add_argument("--tag", default="", help="suffix of the result file name (default with --only: partial)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="evaluation seeds (the sampling noise); the first gives the headline columns")
     return parser.parse_args()
 
 
 def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, only: list[str] | None,
-            seeds: list[int] = (0,)) -> list[dict]:
+            seeds: list[int] = (0,), exact: bool = False) -> list[dict]:
     """Calibrate once (the default options), then per row: `diffpress.compress` from that file (timed: the
     quantization alone) and an evaluation against the float model at each seed (the reference sampled once
     per seed). Every PSNR has its bootstrap 95% interval over the samples, and each row is compared with the
@@ -45,7 +47,7 @@ def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, onl
         calibration = Path(temporary) / "calibration.safetensors"
         diffpress.calibrate(model, out=calibration)
         for label, spec, *options in rows:  # options: compress keyword arguments of the row (e.g. rounding)
-            if only and not any(key in label for key in only):
+            if only and not any(key == label if exact else key in label for key in only):
                 continue
             out = Path(temporary) / label.replace(" ", "-")
             started = time.perf_counter()
@@ -86,14 +88,15 @@ def _comparisons(label: str, earlier: list[str], errors: dict) -> dict:
 
 
 def write(kind: str, args: argparse.Namespace, results: list[dict]) -> Path:
-    """bench/results/KIND-MODEL.json (-partial with --only)."""
+    """bench/results/KIND-MODEL.json (-TAG with --tag, else -partial with --only)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"model": args.model, "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
               "date": date.today().isoformat(), "commit": commit,
               "command": f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
               "eval_samples": args.num_samples, "rows": results}
     name = args.model.removeprefix("builtin:")
-    path = Path(__file__).parent / "results" / f"{kind}-{name}{'-partial' if args.only else ''}.json"
+    suffix = f"-{args.tag}" if args.tag else ("-partial" if args.only else "")
+    path = Path(__file__).parent / "results" / f"{kind}-{name}{suffix}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     return path
 
@@ -101,4 +104,4 @@ def write(kind: str, args: argparse.Namespace, results: list[dict]) -> Path:
 def main(kind: str, description: str, rows: list[tuple]) -> None:
     """The whole benchmark: parse the arguments, measure `rows`, write bench/results/KIND-MODEL.json."""
     args = arguments(description)
-    write(kind, args, measure(args.model, rows, args.num_samples, args.only, args.seeds))
+    write(kind, args, measure(args.model, rows, args.num_samples, args.only, args.seeds, args.exact))
