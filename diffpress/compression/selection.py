@@ -5,7 +5,8 @@ samples to speak for every prompt; neither is exact. So the allocation is not ta
 alone: the program is solved with three cost tables (the image metric where measured, the output metric
 only, and their geometric mean), each distinct allocation is assembled from the measured modules and
 sampled on a held-out probe (other seeds than the sensitivity probe's), and the one with the smallest
-measured image error (the geometric mean over samples of each sample's error) is kept. The contenders all meet the budget, so the choice never spends more.
+measured image error (the geometric mean over samples of each sample's error) is kept. The contenders all
+meet the budget, so the choice never spends more.
 """
 from __future__ import annotations
 
