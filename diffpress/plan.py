@@ -43,7 +43,9 @@ class Budget:
     max_latency: total of the cost table's per-layer latency (same units as the table).
     avg_act_bits: parameter-weighted average activation bits of the allocated layers (a weight-only or
     high-precision layer counts 16): what makes 4-bit-activation candidates (w4a4-int, w4a4-fp4) worth
-    choosing, since at equal weight bits they only ever cost more error.
+    choosing where they cost more error than their 8-bit-activation counterparts.
+    avg_bits counts the weight codes' bits only; max_bytes counts what is stored (codes, scales, zero
+    points and a preset's high-precision low-rank branch, `Candidate.packed_bytes`).
     """
 
     avg_bits: float | None = None

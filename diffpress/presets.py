@@ -135,7 +135,9 @@ class Candidate:
         return self.full if SensitivityMethods(methods) is SensitivityMethods.FULL else self.round_to_nearest
 
     def packed_bytes(self, shape: tuple[int, int]) -> int:
-        """Bytes of the stored weight of an (N, K) layer: codes plus scales, in the kernel layout (bf16: 2 per weight)."""
+        """Bytes of the stored weight of an (N, K) layer: codes plus scales in the kernel layout, plus the
+        high-precision low-rank branch (rank x (N + K), 2 bytes each) of presets that carry one (bf16: 2 per
+        weight). The average-bits budget counts the codes' bits only; this counts what is stored."""
         from .kernels.layout import qdata_dtype, qdata_shape, scale_dtype_for, scales_shape
 
         if self.full is None:
@@ -144,7 +146,8 @@ class Candidate:
         codes = math.prod(qdata_shape(spec.weight_format, shape)) * qdata_dtype(spec.weight_format).itemsize
         scales = math.prod(scales_shape(spec.granularity, shape, spec.group_size))
         zero_points = scales if spec_of(spec.weight_format).zero_point else 0  # one uint8 per scale
-        return codes + scales * scale_dtype_for(spec.granularity).itemsize + zero_points
+        low_rank = 2 * spec.low_rank * (shape[0] + shape[1])
+        return codes + scales * scale_dtype_for(spec.granularity).itemsize + zero_points + low_rank
 
 
 DEFAULT_SENSITIVITY_CANDIDATES = (HIGH_PRECISION, "w8a8-int8", "w8a8-fp8", "w4a8-int", "w4a16-int4", "w4a8-fp4")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -65,6 +66,10 @@ def test_candidate_table_bits_and_bytes():
     assert candidate("w4a16-int4").packed_bytes((64, 256)) == 64 * 128 + 64 * 2 * 2
     assert candidate("w8a8-int8").packed_bytes((64, 256)) == 64 * 256 + 64 * 4
     assert candidate("bf16").packed_bytes((64, 256)) == 2 * 64 * 256
+    w4a4 = candidate("w4a4-int")  # its rank-8 high-precision branch is stored too: 8 x (64 + 256) x 2 bytes
+    without_branch = dataclasses.replace(w4a4, full=dataclasses.replace(w4a4.full, low_rank=0))
+    assert w4a4.full.low_rank == 8
+    assert w4a4.packed_bytes((64, 256)) == without_branch.packed_bytes((64, 256)) + 8 * (64 + 256) * 2
     with pytest.raises(InputError, match="allowed: bf16"):
         candidate("int3")
 
