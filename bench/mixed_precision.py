@@ -130,8 +130,8 @@ class Runner:
         setattr(self.pipe, self.component, self.float_denoiser)
         side = sides[self.settings.seed]
         return {**side.to_dict(), "quantized_weight_bytes": weight_bytes, "quantize_seconds": round(quantize_seconds, 1),
-                "by_seed": [{"seed": seed, "psnr_db": round(s.psnr_db, 3), "psnr_ci95_db": s.psnr_ci95_db}
-                            for seed, s in sides.items()],
+                "by_seed": [{"seed": seed, "psnr_db": round(s.psnr_db, 3), "psnr_ci95_db": s.psnr_ci95_db,
+                             "psnr_typical_db": round(s.psnr_typical_db, 3)} for seed, s in sides.items()],
                 "sample_mse": {seed: s.sample_mse for seed, s in sides.items()}}
 
 

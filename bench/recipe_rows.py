@@ -61,6 +61,7 @@ def measure(model: str, rows: list[tuple[str, QuantSpec]], num_samples: int, onl
                    **({"compress_options": {k: repr(v) for k, v in options[0].items()}} if options else {}),
                    "denoiser_bytes": result.bytes_after, **sides[seeds[0]].to_dict(),
                    "by_seed": [{"seed": seed, "psnr_db": round(side.psnr_db, 3), "psnr_ci95_db": side.psnr_ci95_db,
+                                "psnr_typical_db": round(side.psnr_typical_db, 3),
                                 "classifier_accuracy": side.classifier_accuracy} for seed, side in sides.items()]}
             row.update(_comparisons(label, [r["row"] for r in results], errors))
             results.append(row)

@@ -29,11 +29,13 @@ class SeededReferences:
         self.errors[key] = {seed: side.sample_mse for seed, side in sides.items()}
         first = sides[self.seeds[0]]
         columns = {"psnr_db": round(first.psnr_db, 2), "psnr_ci95_db": first.psnr_ci95_db,
+                   "psnr_typical_db": round(first.psnr_typical_db, 2),
                    "ssim": round(first.ssim, 4), "accuracy": first.classifier_accuracy,
                    "accuracy_ci95": first.classifier_accuracy_ci95, "frechet": round(first.frechet_distance, 3),
                    "seconds_per_step": round(first.seconds / self.settings.steps, 4)}
         if len(self.seeds) > 1:
             columns["by_seed"] = [{"seed": seed, "psnr_db": round(side.psnr_db, 3), "psnr_ci95_db": side.psnr_ci95_db,
+                                   "psnr_typical_db": round(side.psnr_typical_db, 3),
                                    "accuracy": side.classifier_accuracy} for seed, side in sides.items()]
         return first, columns
 

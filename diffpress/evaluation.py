@@ -66,6 +66,7 @@ class SideMetrics:
     psnr_ci95_db: list[float] | None = None  # bootstrap 95% interval over the samples
     classifier_accuracy_ci95: list[float] | None = None
     sample_mse: torch.Tensor | None = None  # per sample, vs the reference (images in [0, 1]): paired comparisons
+    psnr_typical_db: float | None = None  # mean of the per-sample PSNRs (`metrics.typical_psnr_db`)
 
     def to_dict(self) -> dict:
         """The metrics as JSON (the per-sample errors stay out)."""
@@ -188,7 +189,7 @@ def _side(reference_images, images, labels, classifier, real_features, pipe, sec
         seconds=seconds,
         psnr_ci95_db=_rounded(metrics.psnr_interval(sample_mse)) if fidelity else None,
         classifier_accuracy_ci95=_rounded(metrics.interval(metrics.bootstrap_means(correct))),
-        sample_mse=sample_mse)
+        sample_mse=sample_mse, psnr_typical_db=metrics.typical_psnr_db(sample_mse) if fidelity else None)
 
 
 def _rounded(values: list[float]) -> list[float]:

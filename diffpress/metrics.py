@@ -58,6 +58,14 @@ def interval(samples: torch.Tensor, level: float = 0.95) -> list[float]:
     return [float(torch.quantile(samples, tail)), float(torch.quantile(samples, 1 - tail))]
 
 
+def typical_psnr_db(sample_mse: torch.Tensor, data_range: float = 1.0, ceiling: float = 200.0) -> float:
+    """The mean over samples of each sample's PSNR (each capped at `ceiling` dB for identical samples): the
+    typical sample's fidelity. The batch PSNR is that of the mean MSE, so a few samples that went to another
+    mode set it; this one moves with the samples that did not."""
+    per_sample = psnr_from_mse(sample_mse.double().clamp_min(data_range ** 2 * 10 ** (-ceiling / 10)), data_range)
+    return float(per_sample.mean())
+
+
 def psnr_interval(sample_mse: torch.Tensor, level: float = 0.95, data_range: float = 1.0) -> list[float]:
     """Bootstrap `level` interval over samples of the batch PSNR whose per-sample MSEs are `sample_mse`."""
     finite = psnr_from_mse(bootstrap_means(sample_mse).clamp_min(1e-30), data_range)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from diffpress.metrics import (feature_statistics, frechet_distance, paired_psnr_difference, per_sample_mse, psnr_db,
@@ -57,3 +58,15 @@ def test_paired_difference_sees_a_consistent_gain_that_unpaired_intervals_hide()
     low_better, _ = psnr_interval(better)
     _, high_base = psnr_interval(base)
     assert low_better < high_base  # unpaired intervals overlap
+
+
+def test_typical_psnr_is_the_mean_per_sample_psnr_and_shrugs_off_one_flipped_sample():
+    from diffpress.metrics import psnr_from_mse, typical_psnr_db
+
+    mse = torch.full((100,), 1e-4, dtype=torch.float64)
+    assert typical_psnr_db(mse) == pytest.approx(40.0) and float(psnr_from_mse(mse.mean())) == pytest.approx(40.0)
+    flipped = mse.clone()
+    flipped[0] = 0.1  # one sample went to another mode
+    assert float(psnr_from_mse(flipped.mean())) < 30.5  # the batch PSNR falls by ~10 dB
+    assert typical_psnr_db(flipped) == pytest.approx(40.0 - 0.3)  # the typical sample's by 30 dB / 100
+    assert typical_psnr_db(torch.zeros(4, dtype=torch.float64)) == pytest.approx(200.0)  # identical: capped

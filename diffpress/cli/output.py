@@ -90,7 +90,9 @@ def print_pruning(outcome) -> None:
 def print_eval(result, grid) -> None:
     reference, compressed = result.reference, result.compressed
     cell = lambda side, key, fmt: "-" if side is None or getattr(side, key) is None else fmt(getattr(side, key))
-    rows = [("PSNR vs reference", "psnr_db", lambda v: f"{v:.2f} dB"), ("SSIM vs reference", "ssim", lambda v: f"{v:.4f}"),
+    rows = [("PSNR vs reference", "psnr_db", lambda v: f"{v:.2f} dB"),
+            ("typical sample PSNR", "psnr_typical_db", lambda v: f"{v:.2f} dB"),
+            ("SSIM vs reference", "ssim", lambda v: f"{v:.4f}"),
             ("classifier accuracy", "classifier_accuracy", lambda v: f"{100 * v:.1f}%"),
             ("Frechet distance", "frechet_distance", lambda v: f"{v:.3f}"),
             ("weight bytes", "size_bytes", format_bytes), ("sampling seconds", "seconds", lambda v: f"{v:.1f}")]
