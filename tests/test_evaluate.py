@@ -52,10 +52,13 @@ def test_eval_json_is_deterministic_and_writes_a_grid(compressed_int8, tmp_path)
     for run in runs:
         assert set(run) == {"reference", "compressed"}
         assert set(run["compressed"]) == {"psnr_db", "ssim", "classifier_accuracy", "frechet_distance",
-                                          "size_bytes", "seconds", "psnr_ci95_db", "classifier_accuracy_ci95"}
+                                          "size_bytes", "seconds", "psnr_ci95_db", "classifier_accuracy_ci95",
+                                          "psnr_typical_db"}
         assert run["reference"]["psnr_db"] is None and run["reference"]["ssim"] is None
+        assert run["reference"]["psnr_typical_db"] is None
         low, high = run["compressed"]["psnr_ci95_db"]
         assert low < run["compressed"]["psnr_db"] < high
+        assert run["compressed"]["psnr_typical_db"] >= run["compressed"]["psnr_db"]  # mean of logs >= log of mean
         for side in run.values():
             side.pop("seconds")
     assert runs[0] == runs[1]
