@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from diffpress.checkpoint import load_pipeline
-from diffpress.compression.sensitivity.image_metric import image_score, pipeline_image_probe, sample
+from diffpress.compression.sensitivity.image_metric import (image_score, per_sample_error,
+                                                             pipeline_image_probe, sample)
 from diffpress.zoo import BUILTINS
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,8 +55,7 @@ def main() -> None:
         for scale in SCALES:
             module.weight.data = weight + scale * weight.abs().mean() * torch.randn(weight.shape, generator=generator)
             images = sample(probe, denoiser)
-            per_sample = ((images - reference).double().flatten(1).square().sum(1)
-                          / reference.double().flatten(1).square().sum(1))
+            per_sample = per_sample_error(reference, images)
             score = image_score(reference, images)
             rows.append({"layer": fqn, "noise_scale": scale, "pooled_error": score.relative_error,
                          "typical_error": score.typical_error, "largest_sample_share": float(per_sample.max() / per_sample.sum()),

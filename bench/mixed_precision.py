@@ -145,6 +145,21 @@ def pooled_image_report(report: SensitivityReport) -> SensitivityReport | None:
     return replace(report, image=image)
 
 
+def prepare(model: str, threads: int):
+    """Threads and seed set, the built-in's pipeline and its calibration set (32 samples x the model's steps,
+    8 buckets, 4 calls per bucket, seed 0): (builtin, items, pipe, denoiser, calibration, calibration seconds)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    builtin = BUILTINS[model.removeprefix("builtin:")]
+    items = list(builtin.calibration_labels or builtin.calibration_prompts)
+    pipe = load_pipeline(model)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    started = time.perf_counter()
+    calibration = calibrate(pipe, items, steps=builtin.eval_steps, num_samples=32, seed=0, buckets=8,
+                            reservoir_size=4, progress=False)
+    return builtin, items, pipe, denoiser, calibration, time.perf_counter() - started
+
+
 def row(kind: str, allocation: Allocation, measured: dict) -> dict:
     measured = dict(measured)
     measured.pop("sample_mse", None)
@@ -187,16 +202,7 @@ def main() -> None:
                         help="load the saved sensitivity JSON instead of measuring again (the modules are "
                              "still quantized: the allocations are assembled from them)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    builtin = BUILTINS[args.model.removeprefix("builtin:")]
-    items = list(builtin.calibration_labels or builtin.calibration_prompts)
-    pipe = load_pipeline(args.model)
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    started = time.perf_counter()
-    calibration = calibrate(pipe, items, steps=builtin.eval_steps, num_samples=32, seed=0, buckets=8,
-                            reservoir_size=4, progress=False)
-    calibration_seconds = time.perf_counter() - started
+    builtin, items, pipe, denoiser, calibration, calibration_seconds = prepare(args.model, args.threads)
     options = SensitivityOptions(CANDIDATES, calls_per_bucket=2, image_layers=None, progress=True, methods="full")
     variants = options.variants(denoiser, calibration)
     quantize_seconds = variants.seconds

@@ -26,8 +26,6 @@ from datetime import date
 
 import torch
 
-from diffpress.calibration import calibrate
-from diffpress.checkpoint import load_pipeline
 from diffpress.compression import selection
 from diffpress.compression.allocate import allocate, choices_from_report, uniform_allocation
 from diffpress.compression.sensitivity.image_metric import pipeline_image_probe
@@ -36,8 +34,7 @@ from diffpress.evaluation import EvalSettings
 from diffpress.metrics import paired_psnr_difference
 from diffpress.plan import Budget
 from diffpress.stages import VALIDATION_SEED
-from diffpress.zoo import BUILTINS
-from mixed_precision import IMAGE_SAMPLES, RESULTS, Runner, row
+from mixed_precision import IMAGE_SAMPLES, RESULTS, Runner, prepare, row
 
 CANDIDATES = ("w4a4-int", "w4a8-int", "w8a8-int8-learned")
 COMPARED_WITH = ("w4a4-int", "w4a8-int")  # each row's paired differences are against these uniform rows
@@ -56,14 +53,7 @@ def main() -> None:
                         help="WEIGHT_BITS:ACT_BITS budgets (the first also gets the measured selection)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    builtin = BUILTINS[args.model.removeprefix("builtin:")]
-    items = list(builtin.calibration_labels or builtin.calibration_prompts)
-    pipe = load_pipeline(args.model)
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    calibration = calibrate(pipe, items, steps=builtin.eval_steps, num_samples=32, seed=0, buckets=8,
-                            reservoir_size=4, progress=False)
+    builtin, items, pipe, denoiser, calibration, _ = prepare(args.model, args.threads)
     options = SensitivityOptions(CANDIDATES, calls_per_bucket=2, image_layers=None, progress=True, methods="full")
     variants = options.variants(denoiser, calibration)
     probe = pipeline_image_probe(pipe, items, IMAGE_SAMPLES, builtin.eval_steps)

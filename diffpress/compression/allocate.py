@@ -199,8 +199,7 @@ def _option(report, layer, name: str, latency_table) -> LayerOption:
 
 def minimum_budget(layers: Sequence[LayerChoices]) -> tuple[float, int, float]:
     """(average bits, bytes, latency) with every layer at its cheapest option: the smallest feasible budgets."""
-    total = sum(layer.params for layer in layers)
-    bits = sum(min(o.bits for o in layer.options) * layer.params for layer in layers) / total
+    bits = _weighted(layers, lambda layer: min(o.bits for o in layer.options))
     nbytes = sum(min(o.nbytes for o in layer.options) for layer in layers)
     latency = sum(min(o.latency for o in layer.options) for layer in layers)
     return bits, nbytes, latency
@@ -315,15 +314,14 @@ def _add_budget(problem, layers, variables, budget: Budget) -> None:
 
     pairs = [(layer, option, variables[i][j]) for i, layer in enumerate(layers)
              for j, option in enumerate(layer.options)]
+    total = sum(layer.params for layer in layers)
     if budget.avg_bits is not None:
-        total = sum(layer.params for layer in layers)
         problem += pulp.lpSum(o.bits * l.params / total * x for l, o, x in pairs) <= budget.avg_bits + 1e-9, "avg_bits"
     else:
         problem += pulp.lpSum(o.nbytes * x for _, o, x in pairs) <= budget.max_bytes, "max_bytes"
     if budget.max_latency is not None:
         problem += pulp.lpSum(o.latency * x for _, o, x in pairs) <= budget.max_latency, "max_latency"
     if budget.avg_act_bits is not None:
-        total = sum(layer.params for layer in layers)
         problem += (pulp.lpSum(o.act_bits * l.params / total * x for l, o, x in pairs)
                     <= budget.avg_act_bits + 1e-9), "avg_act_bits"
 
@@ -334,13 +332,12 @@ def _picked(layer: LayerChoices, row) -> LayerOption:
 
 
 def _allocation(layers, picked: dict[str, LayerOption], budget: Budget, seconds: float) -> Allocation:
-    total = sum(layer.params for layer in layers)
     counts: dict[str, int] = {}
     for option in picked.values():
         counts[option.candidate] = counts.get(option.candidate, 0) + 1
     return Allocation(
         choice={fqn: option.candidate for fqn, option in picked.items()},
-        avg_bits=sum(picked[l.fqn].bits * l.params for l in layers) / total,
+        avg_bits=_weighted(layers, lambda l: picked[l.fqn].bits),
         total_bytes=sum(o.nbytes for o in picked.values()), latency=sum(o.latency for o in picked.values()),
         objective=sum(l.weight * picked[l.fqn].cost for l in layers), budget=budget, solve_seconds=seconds,
         counts=counts, avg_act_bits=_weighted(layers, lambda l: picked[l.fqn].act_bits))
@@ -354,8 +351,7 @@ def uniform_allocation(layers: Sequence[LayerChoices], name: str) -> Allocation:
         if not match:
             raise InputError(f"layer {layer.fqn} has no usable option {name!r}")
         picked[layer.fqn] = match[0]
-    bits = sum(picked[l.fqn].bits * l.params for l in layers) / sum(l.params for l in layers)
-    return _allocation(layers, picked, Budget(avg_bits=bits), 0.0)
+    return _allocation(layers, picked, Budget(avg_bits=_weighted(layers, lambda l: picked[l.fqn].bits)), 0.0)
 
 
 CURVE_BITS = (4.0, 4.5, 5.0, 6.0, 8.0)

@@ -63,12 +63,16 @@ def image_score(reference: torch.Tensor, images: torch.Tensor) -> ImageScore:
     return ImageScore(psnr, ssim, relative, typical_error(reference, images))
 
 
+def per_sample_error(reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Each sample's (the first dimension's) relative error |ref - x|^2 / |ref|^2, float64."""
+    return (metrics.per_sample_mse(reference, images)
+            / metrics.per_sample_mse(torch.zeros_like(reference), reference).clamp_min(1e-30))
+
+
 def typical_error(reference: torch.Tensor, images: torch.Tensor) -> float:
-    """The geometric mean over samples (the first dimension) of each sample's relative error |ref - x|^2 /
-    |ref|^2, floored at TYPICAL_ERROR_FLOOR so that a sample left bit-identical does not send it to zero."""
-    per_sample = (reference.double() - images.double()).flatten(1).square().sum(1) / (
-        reference.double().flatten(1).square().sum(1).clamp_min(1e-30))
-    return float(per_sample.clamp_min(TYPICAL_ERROR_FLOOR).log().mean().exp())
+    """The geometric mean over samples of `per_sample_error`, floored at TYPICAL_ERROR_FLOOR so that a sample
+    left bit-identical does not send it to zero."""
+    return float(per_sample_error(reference, images).clamp_min(TYPICAL_ERROR_FLOOR).log().mean().exp())
 
 
 def float_reference(probe: ImageProbe, denoiser: nn.Module) -> torch.Tensor:
