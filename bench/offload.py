@@ -9,13 +9,17 @@ bound). Activations come on top (one call's).
 `python bench/offload.py sd15 --work DIR` -> bench/results/scale-sd15.json: a full-size SD1.5 UNet (published
 config, random fp16 weights written to DIR first) on this CPU, each step in a fresh process:
 calibration (4 samples x 10 DDIM steps, CFG batch 8, 256px = 32x32 latents, through the offload hooks in
-float32; the model held in its stored fp16) and the same sampling loop without the collector at 4 and 8 samples
-and calibration at 8 samples (what the statistics add, and whether it grows with the calls), and compress with w8a8-int8 (no calibration) and w4a8-int (smoothing search + GPTQ on the captured
-inputs, captured block group by block group within 1 GiB): seconds and peak RSS (VmHWM). The w4a8-int run logs
+float32; the model held in its stored fp16), and compress with w8a8-int8 (no calibration) and w4a8-int (smoothing
+search + GPTQ on the captured inputs, captured block group by block group within 1 GiB): seconds and peak RSS
+(VmHWM). The w4a8-int run logs
 each layer's seconds; it is stopped after --max-seconds (GPTQ on the 23040-column convs of the up blocks is
 hours on 2 cores) and then reports the layers it finished. The GPU time of the whole run is *projected* from
 the layer shapes (not measured): per layer, the larger of its floating-point work at an assumed sustained
 20 TFLOP/s and GPTQ's column loop at an assumed 6 kernel launches of 8 us per input column.
+
+`python bench/offload.py sd15-calls --work DIR` -> bench/results/scale-sd15-calls.json: the same sampling loop
+plain and collecting, at 10 and 20 DDIM steps (calls), each in a fresh process: the collector's time overhead and
+added peak RSS, and whether the addition grows with the number of calls.
 """
 from __future__ import annotations
 
@@ -107,11 +111,13 @@ import json, sys, time, torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffpress.calibration import calibrate
 from diffpress.placement import Placement, ResidentBytes, placed
-# argv: model dir, calibration out, samples, mode (collect: calibrate; plain: the same sampling loop, no collector)
+# argv: model dir, calibration out, samples, mode (collect: calibrate; plain: the same sampling loop, no collector),
+# [steps (default 10)]
 unet = UNet2DConditionModel.from_pretrained(sys.argv[1], torch_dtype=torch.float16).eval()  # stored dtype
 samples, mode = int(sys.argv[3]), sys.argv[4]
+steps = int(sys.argv[5]) if len(sys.argv) > 5 else 10
 scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-scheduler.set_timesteps(10)
+scheduler.set_timesteps(steps)
 g = torch.Generator().manual_seed(0)
 text = torch.randn(2 * samples, 77, 768, generator=g).half()
 latents = torch.randn(samples, 4, 32, 32, generator=g).half()
@@ -129,11 +135,11 @@ with placed(unet, Placement.resolve("cpu", "float32"), tracker):
     else:
         loop(unet)
 seconds = time.perf_counter() - started
-calls = 10
+calls = steps
 if mode == "collect":
     result.save(sys.argv[2])
     calls = len(result.timesteps)
-print("RESULT", json.dumps({"mode": mode, "samples": samples, "seconds": round(seconds, 1),
+print("RESULT", json.dumps({"mode": mode, "samples": samples, "steps": steps, "seconds": round(seconds, 1),
                             "peak_rss_gib": round(%s / 2**20, 2),
                             "device_model_bytes_peak_mib": round(tracker.peak / 2**20, 1), "calls": calls}))
 """ % PEAK
@@ -202,24 +208,46 @@ def projection(log: list[dict]) -> dict:
                            "measurement"}
 
 
-def sd15(work: Path, max_seconds: float) -> dict:
-    """Each run's row is kept in WORK/rows.json as it finishes; a rerun skips the rows already there."""
+def _sd15_source(work: Path) -> Path:
+    """The full-size SD1.5 UNet with random fp16 weights in WORK/sd15-unet (written once)."""
     work.mkdir(parents=True, exist_ok=True)
-    source, calibration, saved = work / "sd15-unet", work / "calibration.safetensors", work / "rows.json"
+    source = work / "sd15-unet"
     if not (source / "config.json").exists():
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", WRITE, str(source)], check=True)
         print(f"wrote {source} in {time.perf_counter() - started:.0f} s", flush=True)
+    return source
+
+
+def sd15_calls(work: Path) -> dict:
+    """What the collector adds to the plain sampling loop's time and peak RSS, at 10 and at 20 calls (4 samples,
+    CFG batch 8, 256px): statistics memory that grew with the calls would show as a larger gap at 20."""
+    source, rows = _sd15_source(work), {}
+    for steps in (10, 20):
+        for mode in ("plain", "collect"):
+            rows[f"{mode}-{steps}"] = _child(CALIBRATE, source, work / f"calibration-{steps}.safetensors", 4, mode,
+                                             steps)
+            print(mode, steps, rows[f"{mode}-{steps}"], flush=True)
+    for steps in (10, 20):
+        plain, collect = rows[f"plain-{steps}"], rows[f"collect-{steps}"]
+        rows[f"collector-{steps}"] = {"overhead": round(collect["seconds"] / plain["seconds"], 2),
+                                      "added_peak_rss_gib": round(collect["peak_rss_gib"] - plain["peak_rss_gib"], 2)}
+    return {**_header(f"python bench/offload.py sd15-calls --work {work}"),
+            "model": "SD1.5 UNet2DConditionModel, published config, random fp16 weights (0.86B parameters)",
+            "compute": "cpu, float32 through the offload hooks (the model held in its stored fp16)",
+            "calibration": "4 samples x 10 or 20 DDIM steps (one call per step), CFG batch 8, 32x32 latents (256px), "
+                           "8 buckets, reservoir 2; each run in a fresh process, peak RSS = its VmHWM",
+            "runs": rows}
+
+
+def sd15(work: Path, max_seconds: float) -> dict:
+    """Each run's row is kept in WORK/rows.json as it finishes; a rerun skips the rows already there."""
+    source = _sd15_source(work)
+    calibration, saved = work / "calibration.safetensors", work / "rows.json"
     rows = json.loads(saved.read_text()) if saved.exists() else {}
     if "calibrate" not in rows:
         rows["calibrate"] = _child(CALIBRATE, source, calibration, 4, "collect")
         saved.write_text(json.dumps(rows, indent=1))
-    for samples, mode in ((4, "plain"), (8, "plain"), (8, "collect")):  # what the collector adds, and with twice the calls
-        key = f"{mode}-{samples}"
-        if key not in rows:
-            rows[key] = _child(CALIBRATE, source, work / f"calibration-{key}.safetensors", samples, mode)
-            saved.write_text(json.dumps(rows, indent=1))
-            print(key, rows[key], flush=True)
     for preset in ("w8a8-int8", "w4a8-int"):
         if preset in rows:
             continue
@@ -243,13 +271,15 @@ def sd15(work: Path, max_seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["units", "sd15"])
+    parser.add_argument("what", choices=["units", "sd15", "sd15-calls"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/diffpress-offload"))
     parser.add_argument("--max-seconds", type=float, default=3600.0,
                         help="stop the w4a8-int run after this long and report the layers it finished")
     args = parser.parse_args()
     if args.what == "units":
         result, name = units(), "scale-offload-units.json"
+    elif args.what == "sd15-calls":
+        result, name = sd15_calls(args.work), "scale-sd15-calls.json"
     else:
         result, name = sd15(args.work, args.max_seconds), "scale-sd15.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
