@@ -106,16 +106,43 @@ def test_gates_drawn_at_the_budget_are_hard_fit_it_and_carry_a_gradient():
         for logit in gates.logits:
             logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(logit.numel())))
     costs = torch.cat([torch.full((g.count,), float(g.params_per_unit)) for g in groups])
-    allowed = 0.6 * float(costs.sum())
-    values = gates.sample_at_budget(torch.Generator().manual_seed(0), allowed, "params", temperature=1e-6)
+    total = float(costs.sum())
+    allowed = 0.6 * total
+    values = gates.sample_at_budget(torch.Generator().manual_seed(0), PruneBudget(0.6), total, temperature=1e-6)
     flat = torch.cat(values)
     assert set(flat.detach().unique().tolist()) <= {0.0, 1.0}
     assert float((flat.detach() * costs).sum()) <= allowed
     assert float((flat.detach() * costs).sum()) > allowed - float(costs.max())  # filled up to one unit
     logits = torch.cat([l.detach() for l in gates.logits])
     assert logits[flat.detach() == 1].min() >= logits[flat.detach() == 0].max()  # no noise: the top logits
-    noisy = torch.cat(gates.sample_at_budget(torch.Generator().manual_seed(0), allowed, "params", temperature=1.0))
+    noisy = torch.cat(gates.sample_at_budget(torch.Generator().manual_seed(0), PruneBudget(0.6), total, temperature=1.0))
     (noisy * torch.arange(len(noisy), dtype=torch.float32)).sum().backward()
+    assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in gates.logits)
+
+
+def test_gates_drawn_at_the_budget_keep_each_groups_floor_and_the_per_layer_scope():
+    model, _ = build("unet2d")
+    groups = find_groups(model)
+    for group in groups:
+        group.params_per_unit = 10 if group.kind is UnitKind.HEAD else 3
+    total = float(sum(g.count * g.params_per_unit for g in groups))
+    gates = Gates(groups, init=0.0)
+    heads = next(i for i, g in enumerate(groups) if g.kind is UnitKind.HEAD and g.count > 1)
+    with torch.no_grad():
+        for i, logit in enumerate(gates.logits):
+            logit.copy_(torch.randn(logit.shape, generator=torch.Generator().manual_seed(i)))
+        gates.logits[heads].fill_(-50.0)  # global order alone would drop every head of this attention
+    budget = PruneBudget(0.7)
+    logits = [l.detach().clone() for l in gates.logits]
+    drawn = {}
+    for scope in ("global", "per_layer"):
+        values = gates.sample_at_budget(torch.Generator().manual_seed(0), budget, total, 1e-6, scope)
+        drawn[scope] = [v.detach().nonzero().reshape(-1) for v in values]
+        assert all(torch.equal(a, b) for a, b in zip(drawn[scope], select(groups, logits, total, budget, scope)))
+    assert len(drawn["global"][heads]) == groups[heads].min_kept == 1  # the floor, not zero heads
+    assert len(drawn["per_layer"][heads]) > 1  # per layer: its share of the budget, whatever its logits
+    noisy = gates.sample_at_budget(torch.Generator().manual_seed(0), budget, total, 1.0, "per_layer")
+    sum((v * torch.arange(len(v), dtype=torch.float32)).sum() for v in noisy).backward()
     assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in gates.logits)
 
 

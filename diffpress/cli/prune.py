@@ -75,7 +75,8 @@ def register(subparsers) -> None:
                        default=defaults("control").value,
                        help="penalty: a penalty above the target; projected: the expected kept fraction is held at "
                             "a budget falling from 1 to the target over --warmup; topk: every mask drawn hard at "
-                            f"that budget (default {defaults('control').value})")
+                            "that budget by the final cut's selection (--scope, each group's floor) "
+                            f"(default {defaults('control').value})")
     learn.add_argument("--warmup", type=options.number(0, inclusive=True), default=None, metavar="F",
                        help="fraction of the iterations over which the budget comes in (default 0.1 penalty, "
                             "0.5 projected and topk)")

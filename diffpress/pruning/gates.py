@@ -20,7 +20,8 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from ..prune_stage import GateKind
+from ..prune_stage import GateKind, Scope
+from .select import PruneBudget, select
 from .units import PruneGroup
 
 GAMMA, ZETA = -0.1, 1.1
@@ -64,31 +65,28 @@ class Gates(nn.Module):
         attribute = "params_per_unit" if cost == "params" else "macs_per_unit"
         return sum((p * getattr(g, attribute)).sum() for p, g in zip(self.open_probability(), self.groups))
 
-    def sample_at_budget(self, generator: torch.Generator, allowed: float, cost: str, temperature: float
-                         ) -> list[torch.Tensor]:
-        """Hard 0/1 gates at the budget, with a straight-through gradient: the units of highest
-        key = logit + temperature * Gumbel noise are kept while their summed parameters (or MACs) fit `allowed`
-        (the final cut's global selection on noisy logits, without its one-head / one-group floor per group
-        and its per-layer scope); the gradient is that of
-        sigmoid((key - threshold) / temperature), the threshold halfway between the last kept and the first
-        dropped key."""
-        attribute = "params_per_unit" if cost == "params" else "macs_per_unit"
-        logits = torch.cat(list(self.logits))
-        costs = torch.cat([torch.full((g.count,), float(getattr(g, attribute))) for g in self.groups])
-        uniform = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9).to(logits)
-        keys = logits + temperature * -torch.log(-torch.log(uniform))
-        order = keys.detach().argsort(descending=True)
-        fits = costs[order].cumsum(0) <= allowed * (1 + 1e-9)
-        hard = torch.zeros_like(keys)
-        hard[order[fits]] = 1.0
-        kept_count = int(fits.sum())
-        if 0 < kept_count < len(order):
-            threshold = (keys[order[kept_count - 1]] + keys[order[kept_count]]).detach() / 2
+    def sample_at_budget(self, generator: torch.Generator, budget: PruneBudget, total: float, temperature: float,
+                         scope: Scope = Scope.GLOBAL) -> list[torch.Tensor]:
+        """Hard 0/1 gates at `budget` (a fraction of `total`, the whole denoiser's parameters or MACs), with a
+        straight-through gradient: the final cut (`select.select`, with its scope and each group's floor of
+        kept units) applied to the keys logit + temperature * Gumbel noise; the gradient is that of
+        sigmoid((key - threshold) / temperature), the threshold halfway between the highest dropped key and the
+        lowest kept key above it, model-wide (global scope) or per group (per layer)."""
+        keys = []
+        for logit in self.logits:
+            uniform = torch.rand(logit.shape, generator=generator).clamp(1e-9, 1 - 1e-9).to(logit)
+            keys.append(logit + temperature * -torch.log(-torch.log(uniform)))
+        kept = select(self.groups, [key.detach() for key in keys], total, budget, scope)
+        hard = [torch.zeros_like(key) for key in keys]
+        for values, indices in zip(hard, kept):
+            values[indices] = 1.0
+        if Scope(scope) is Scope.PER_LAYER:
+            thresholds = [_boundary(key.detach(), values) for key, values in zip(keys, hard)]
         else:
-            threshold = keys.detach().min() - 1.0 if kept_count else keys.detach().max() + 1.0
-        soft = torch.sigmoid((keys - threshold) / temperature)
-        values = hard + (soft - soft.detach())  # exactly 0 or 1 forward
-        return list(values.split([g.count for g in self.groups]))
+            thresholds = [_boundary(torch.cat(keys).detach(), torch.cat(hard))] * len(keys)
+        return [values + (soft - soft.detach())  # exactly 0 or 1 forward
+                for values, soft in ((values, torch.sigmoid((key - threshold) / temperature))
+                                     for values, key, threshold in zip(hard, keys, thresholds))]
 
     @torch.no_grad()
     def project(self, allowed: float, cost: str = "params") -> float:
@@ -186,3 +184,15 @@ class GateSite:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _boundary(keys: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """The straight-through threshold of one selection: halfway between the highest dropped key and the lowest
+    kept key above it (units kept below it are a group's floor); below every key when nothing is dropped, above
+    every key when nothing is kept above the dropped ones."""
+    dropped = keys[hard == 0]
+    if dropped.numel() == 0:
+        return keys.min() - 1.0
+    highest = dropped.max()
+    above = keys[(hard == 1) & (keys > highest)]
+    return (highest + above.min()) / 2 if above.numel() else keys.max() + 1.0

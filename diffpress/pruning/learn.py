@@ -15,10 +15,11 @@ probability of being open) is held by `control`:
   target over the first `warmup` of the iterations (cubic: fast first, gently at the end) and then
   stays. The loss alone decides which units close, and the mask is fitted at the budget it will be
   cut to.
-- topk: every iteration draws a hard mask at the budget of the moment (the same schedule): the units
-  of highest logit + T * Gumbel noise whose parameters (or MACs) fit, which is the selection the final
-  cut makes; the gradient reaches the logits straight through sigmoid((key - threshold) / T), the
-  threshold between the last kept and the first dropped unit. T anneals from 1 to 0.05.
+- topk: every iteration draws a hard mask at the budget of the moment (the same schedule): the final
+  cut's selection (its scope, global or per layer, and each group's floor of kept units) applied to
+  logit + T * Gumbel noise; the gradient reaches the logits straight through sigmoid((key - threshold) / T),
+  the threshold between the highest dropped key and the lowest kept key above it (per group with per-layer
+  scope). T anneals from 1 to 0.05.
 - penalty (default: it measured best in image PSNR, bench/mask_learning.py): + w(i) * relu(expected
   kept fraction - target), w ramping from 0 to `penalty` over the first `warmup` of the iterations. Adam normalizes each logit's gradient, so every logit falls at
   about the learning rate until the fraction is under the target, whatever the target.
@@ -181,11 +182,14 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
     projected = options.control is BudgetControl.PROJECTED
     at_budget = options.control is BudgetControl.TOPK
 
-    def scheduled(iteration: int) -> float:
-        """Cost of the gated units allowed after `iteration` (projected: expected; topk: drawn)."""
+    def scheduled_fraction(iteration: int) -> float:
+        """Fraction of the whole denoiser's cost allowed after `iteration` (projected: expected; topk: drawn)."""
         ramp = max(1.0, options.warmup_fraction * options.iterations)
-        fraction = budget.target + (1.0 - budget.target) * (1.0 - min(1.0, (iteration + 1) / ramp)) ** 3
-        return fraction * total - fixed
+        return budget.target + (1.0 - budget.target) * (1.0 - min(1.0, (iteration + 1) / ramp)) ** 3
+
+    def scheduled(iteration: int) -> float:
+        """Cost of the gated units allowed after `iteration`."""
+        return scheduled_fraction(iteration) * total - fixed
 
     generator = torch.Generator().manual_seed(options.seed)
     tracked = _Tracked(gates)
@@ -207,7 +211,8 @@ def learn_mask(pipe, denoiser, groups: list[PruneGroup], items: Sequence, trajec
             if at_budget:
                 temperature = TOPK_TEMPERATURE[0] * (TOPK_TEMPERATURE[1] / TOPK_TEMPERATURE[0]) ** (
                     iteration / max(1, options.iterations - 1))
-                values = gates.sample_at_budget(generator, scheduled(iteration), budget.cost.value, temperature)
+                values = gates.sample_at_budget(generator, PruneBudget(scheduled_fraction(iteration), budget.cost),
+                                                total, temperature, scope)
             else:
                 values = gates.sample(generator)
             masks = column_masks(denoiser, groups, values)
